@@ -1,0 +1,617 @@
+"""Tests of speculative.py: sampling, the cached generation loop, and lossless speculative decoding.
+
+Speculative decoding has one promise: its output is distributed EXACTLY as the target's own
+sampling (and, greedy, identical token for token). Every test below checks that promise, or a
+piece of it, against something computed independently of the code under test:
+
+  - greedy: `generate` with the target alone;
+  - sampling, bit for bit: a reference implementation written here from PAPER.md's rule that
+    recomputes every distribution with a fresh full forward pass (no KV cache) and draws the
+    same random numbers in the same order. Equal outputs prove that the caches, rolled back
+    after every rejected block, give the same distributions as recomputing from scratch;
+  - sampling, in distribution: on a 4-6 token vocabulary the exact joint probability of the
+    first 3 generated tokens is enumerated with full forward passes, and a chi-square test
+    checks that speculative samples follow it -- and that the SAME samples reject the draft's
+    joint, so the test has the power to see a wrong distribution;
+  - the metrics: a target and draft whose distributions do not depend on the context make every
+    draft token an i.i.d. accept test with alpha = 1 - TVD(p, q), so the measured alpha and tau
+    must agree with alpha's exact value and with PAPER.md's formula for tau.
+
+Random weights are drawn at unit scale (as in test_model.py): the library initialisation makes
+every logit nearly zero, i.e. every distribution nearly uniform, where mistakes hide.
+The models are tiny, so one CPU thread is faster than two (thread wake-ups cost more than the
+arithmetic); the whole file runs in about 15 s.
+"""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from model import Llama, count_params, get_config
+from speculative import (block_stats, evaluate_pair, generate, generate_batch, mean_ci95,
+                         memory_bound_speedup, predicted_block_efficiency, sample, sample_probs,
+                         speculative_generate, verify)
+
+SIGNIFICANCE = 0.001   # chi-square tests: a correct implementation fails 1 time in 1000 seeds
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------------------------
+# Models and statistics helpers
+# ----------------------------------------------------------------------------------------------
+
+# A one-layer model for the statistical tests: thousands of decodes must take seconds.
+TINY = dict(n_layers=1, dim=16, n_heads=2, n_kv_heads=1, ffn_dim=32, max_seq_len=16)
+
+
+def random_model(seed: int = 0, **overrides) -> Llama:
+    """The "test" preset (2 layers, GQA) with O(1)-scale random weights: sharp, context-dependent."""
+    torch.manual_seed(seed)
+    model = Llama(get_config("test", **overrides)).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 1:                          # RMSNorm gains
+                param.uniform_(0.5, 1.5)
+            else:                                         # (out, in): unit-variance outputs
+                param.normal_(0.0, 1.0 / math.sqrt(param.shape[1]))
+    return model
+
+
+def perturbed_copy(model: Llama, noise: float, seed: int = 1) -> Llama:
+    """A draft that mostly agrees with `model`: every weight moved by `noise` of its own std."""
+    draft = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in draft.parameters():
+            param.add_(noise * param.std() * torch.randn(param.shape, generator=generator))
+    return draft
+
+
+@torch.no_grad()
+def exact_joint(model: Llama, prompt: list[int], n_tokens: int, **sampling) -> torch.Tensor:
+    """P(first n_tokens generated = s) for every s in V^n_tokens, flattened in row-major order.
+
+    Chain rule over the tree of prefixes: one full forward pass (no cache) per tree level scores
+    all V^step prefixes at once; sample_probs applies the same temperature / top-k / top-p
+    processing that sampling uses. float64 products. (V^n_tokens,)
+    """
+    V = model.config.vocab_size
+    joint, prefixes = torch.ones(1, dtype=torch.float64), [[]]
+    for _ in range(n_tokens):
+        logits = model(torch.tensor([prompt + prefix for prefix in prefixes]))[:, -1]  # (V^step, V)
+        next_probs = sample_probs(logits, **sampling).double()
+        joint = (joint[:, None] * next_probs).flatten()
+        prefixes = [prefix + [token] for prefix in prefixes for token in range(V)]
+    return joint
+
+
+def chi2_sf(statistic: float, df: int) -> float:
+    """P(X >= statistic) for X ~ chi-square(df): the regularised upper incomplete gamma Q(df/2, x/2).
+
+    Numerical Recipes' method: the power series of the lower function P when x < a + 1, else
+    the continued fraction of Q (modified Lentz). Both converge fast in their regions.
+    """
+    a, x = df / 2, statistic / 2
+    if x <= 0:
+        return 1.0
+    log_front = a * math.log(x) - x - math.lgamma(a)        # log(x^a e^-x / Gamma(a))
+    if x < a + 1:
+        term = total = 1 / a                                # P = front * sum_n x^n / (a (a+1) .. (a+n))
+        denominator = a
+        while term > 1e-16 * total:
+            denominator += 1
+            term *= x / denominator
+            total += term
+        return max(0.0, 1 - math.exp(log_front) * total)
+    tiny = 1e-300                                           # Q = front * 1/(x+1-a- 1(1-a)/(x+3-a- ...))
+    b = x + 1 - a
+    c, d = 1 / tiny, 1 / b
+    fraction = d
+    for i in range(1, 10_000):
+        an = -i * (i - a)
+        b += 2
+        d = an * d + b
+        d = 1 / (d if abs(d) > tiny else tiny)
+        c = b + an / c
+        c = c if abs(c) > tiny else tiny
+        fraction *= d * c
+        if abs(d * c - 1) < 1e-15:
+            break
+    return math.exp(log_front) * fraction
+
+
+def chi_square_p_value(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    """Pearson's goodness-of-fit test of observed counts against exact cell probabilities.
+
+    Cells expecting fewer than 5 counts are pooled (the usual validity rule of the chi-square
+    approximation); a count in a cell of probability 0 is an outright rejection (p-value 0).
+    """
+    counts, expected = counts.double(), probs.double() * counts.sum()
+    if (counts[expected == 0] > 0).any():
+        return 0.0
+    order = torch.argsort(expected)
+    counts, expected = counts[order], expected[order]
+    n_pooled = int((expected < 5).sum())
+    while n_pooled < len(expected) and 0 < expected[:n_pooled].sum() < 5:
+        n_pooled += 1                                       # the pool itself must expect >= 5
+    cells_counts = torch.cat([counts[:n_pooled].sum().view(1), counts[n_pooled:]])
+    cells_expected = torch.cat([expected[:n_pooled].sum().view(1), expected[n_pooled:]])
+    real = cells_expected > 0                               # drop an empty pool of impossible cells
+    cells_counts, cells_expected = cells_counts[real], cells_expected[real]
+    statistic = float(((cells_counts - cells_expected) ** 2 / cells_expected).sum())
+    return chi2_sf(statistic, len(cells_expected) - 1)
+
+
+def tvd(p: torch.Tensor, q: torch.Tensor) -> float:
+    return 0.5 * float((p - q).abs().sum())
+
+
+# (statistic, df, P(X >= statistic)) from published chi-square tables: both branches of chi2_sf.
+@pytest.mark.parametrize("statistic, df, p_value", [
+    (3.841458820694124, 1, 0.05), (2.365973884375338, 3, 0.5), (29.58829844507442, 10, 0.001),
+    (0.5, 2, math.exp(-0.25)), (9.0, 4, math.exp(-4.5) * 5.5), (124.342, 100, 0.05)])
+def test_chi2_sf_matches_tables(statistic, df, p_value):
+    assert chi2_sf(statistic, df) == pytest.approx(p_value, rel=1e-4)
+
+
+def test_chi_square_pools_rare_cells_and_rejects_impossible_ones():
+    probs = torch.tensor([1 / 2, 1 / 4, 1 / 8, 1 / 16, 1 / 32, 1 / 32, 0])  # 64 draws: 4 + 2 + 2 pool into 8
+    assert chi_square_p_value(torch.tensor([32, 16, 8, 4, 2, 2, 0]), probs) == pytest.approx(1.0)
+    assert chi_square_p_value(torch.tensor([32, 16, 8, 0, 8, 0, 0]), probs) == pytest.approx(1.0)
+    assert chi_square_p_value(torch.tensor([32, 16, 8, 4, 2, 1, 1]), probs) == 0.0   # impossible cell hit
+    statistic = 12 ** 2 / 32 + 4 ** 2 / 16 + 8 ** 2 / 8 + 0                          # df = 4 cells - 1
+    assert chi_square_p_value(torch.tensor([20, 20, 16, 0, 8, 0, 0]), probs) == pytest.approx(chi2_sf(statistic, 3))
+
+
+# ----------------------------------------------------------------------------------------------
+# sample_probs and sample
+# ----------------------------------------------------------------------------------------------
+
+HAND_PROBS = torch.tensor([0.5, 0.3, 0.15, 0.05])
+HAND_LOGITS = HAND_PROBS.log()
+
+
+def test_temperature_zero_is_one_hot_argmax():
+    logits = torch.randn(2, 3, 11, generator=torch.Generator().manual_seed(0))
+    probs = sample_probs(logits, temperature=0)
+    assert torch.equal(probs, torch.nn.functional.one_hot(logits.argmax(-1), 11).float())
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
+def test_temperature_divides_logits(temperature):
+    logits = torch.randn(3, 11, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(sample_probs(logits, temperature), torch.softmax(logits / temperature, -1))
+
+
+@pytest.mark.parametrize("top_k", [1, 3, 10])
+def test_top_k_keeps_the_k_most_likely_in_proportion(top_k):
+    logits = torch.randn(4, 10, generator=torch.Generator().manual_seed(1))
+    probs = sample_probs(logits, 1.0, top_k=top_k)
+    full = torch.softmax(logits, -1)
+    kept = torch.topk(logits, top_k, -1).indices
+    assert ((probs > 0).sum(-1) == top_k).all()
+    assert torch.equal(probs.gather(-1, kept) > 0, torch.ones(4, top_k, dtype=torch.bool))
+    renormalised = full.gather(-1, kept) / full.gather(-1, kept).sum(-1, keepdim=True)
+    assert torch.allclose(probs.gather(-1, kept), renormalised)
+
+
+# probs [0.5, 0.3, 0.15, 0.05]: cumulative 0.5, 0.8, 0.95, 1. The nucleus is the shortest prefix
+# whose mass reaches top_p. (Exact ties such as top_p = 0.8 are avoided: float32 rounding.)
+@pytest.mark.parametrize("top_p, expected", [
+    (0.49, [1.0, 0, 0, 0]), (0.51, [0.625, 0.375, 0, 0]), (0.79, [0.625, 0.375, 0, 0]),
+    (0.81, [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0]), (0.96, HAND_PROBS.tolist()), (1.0, HAND_PROBS.tolist())])
+def test_top_p_keeps_the_smallest_prefix_reaching_p(top_p, expected):
+    assert torch.allclose(sample_probs(HAND_LOGITS, 1.0, top_p=top_p), torch.tensor(expected), atol=1e-6)
+
+
+def test_top_k_is_applied_before_top_p():
+    # top-k 2 leaves [0.625, 0.375], whose nucleus at 0.55 is token 0 alone. (top-p first would
+    # keep tokens 0 and 1: 0.5 < 0.55.)
+    assert torch.allclose(sample_probs(HAND_LOGITS, 1.0, top_k=2, top_p=0.55), torch.tensor([1.0, 0, 0, 0]))
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(0, None, None), (0.7, None, None), (1.0, 3, None),
+                                                       (1.3, None, 0.6), (0.5, 5, 0.9)])
+def test_rows_are_distributions(temperature, top_k, top_p):
+    logits = 3 * torch.randn(2, 5, 17, generator=torch.Generator().manual_seed(2))
+    probs = sample_probs(logits.to(torch.bfloat16), temperature, top_k, top_p)
+    assert probs.dtype == torch.float32 and probs.shape == (2, 5, 17)
+    assert (probs >= 0).all() and torch.allclose(probs.sum(-1), torch.ones(2, 5))
+
+
+def test_sample_keeps_shape_and_never_draws_a_zero_probability_token():
+    probs = torch.tensor([[0.0, 0.5, 0.5, 0.0], [0.0, 0.0, 0.0, 1.0]]).expand(3, 2, 4)
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.stack([sample(probs, generator) for _ in range(200)])           # (200, 3, 2)
+    assert draws.shape == (200, 3, 2)
+    assert set(draws[:, :, 0].unique().tolist()) == {1, 2} and (draws[:, :, 1] == 3).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# The autoregressive loop
+# ----------------------------------------------------------------------------------------------
+
+def test_generate_batch_left_padding_matches_each_prompt_alone():
+    model = random_model(0, vocab_size=32)
+    prompts = [[1, 2, 3, 4, 5, 6], [7], [3, 9, 2]]
+    batched = generate_batch(model, prompts, 10, temperature=0)
+    assert batched == [generate(model, prompt, 10, temperature=0).tolist() for prompt in prompts]
+
+
+def test_generate_batch_cuts_each_row_at_its_own_eos():
+    model = random_model(0, vocab_size=32)
+    prompts = [[1, 2, 3, 4, 5, 6], [7], [3, 9, 2]]
+    full = generate_batch(model, prompts, 10, temperature=0)
+    eos_id = full[0][3]
+    cut = generate_batch(model, prompts, 10, temperature=0, eos_id=eos_id)
+    assert cut == [row[: row.index(eos_id) + 1] if eos_id in row else row for row in full]
+    assert len(cut[0]) <= 4
+
+
+# ----------------------------------------------------------------------------------------------
+# verify: the rejection-sampling rule on hand-built distributions
+# ----------------------------------------------------------------------------------------------
+
+def test_verify_greedy_accepts_the_matching_prefix():
+    one_hot = lambda tokens: torch.nn.functional.one_hot(torch.tensor(tokens), 5).float()  # noqa: E731
+    draft_tokens = torch.tensor([2, 4, 1])
+    target_probs = one_hot([2, 4, 3, 0])                   # agrees on 2 tokens, then wants 3
+    assert verify(draft_tokens, one_hot([2, 4, 1]), target_probs) == (2, 3)
+    target_probs = one_hot([2, 4, 1, 0])                   # agrees on all: bonus = argmax p_4
+    assert verify(draft_tokens, one_hot([2, 4, 1]), target_probs) == (3, 0)
+    target_probs = one_hot([4, 4, 1, 0])                   # first token wrong: nothing accepted
+    assert verify(draft_tokens, one_hot([2, 4, 1]), target_probs) == (0, 4)
+
+
+def test_verify_accepts_exactly_while_u_q_below_p():
+    """Replay verify's uniforms u from a copy of the generator: x_i is accepted iff u_i q(x_i) < p(x_i),
+    and the token after a rejection always lies where p > q (the residual's support)."""
+    draft_probs = torch.tensor([[0.1, 0.6, 0.3, 0.0], [0.25, 0.25, 0.25, 0.25], [0.0, 0.5, 0.0, 0.5]])
+    target_probs = torch.tensor([[0.4, 0.3, 0.3, 0.0], [0.0, 0.2, 0.3, 0.5], [0.0, 0.2, 0.8, 0.0],
+                                 [0.0, 0.0, 0.7, 0.3]])
+    draft_tokens = torch.tensor([1, 2, 1])                 # p/q = 0.5, 1.2 (always kept), 0.4
+    generator = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(300):
+        replay = torch.Generator().set_state(generator.get_state())
+        u = torch.rand(3, generator=replay)
+        q_x, p_x = draft_probs[range(3), draft_tokens], target_probs[range(3), draft_tokens]
+        expected = next((i for i in range(3) if not u[i] * q_x[i] < p_x[i]), 3)
+        n_accepted, next_token = verify(draft_tokens, draft_probs, target_probs, generator)
+        assert n_accepted == expected
+        support = target_probs[3] > 0 if n_accepted == 3 else target_probs[n_accepted] > draft_probs[n_accepted]
+        assert support[next_token], (n_accepted, int(next_token))
+        seen.add(n_accepted)
+    assert seen == {0, 2, 3}                               # x_2 is never rejected
+
+
+def test_verify_output_is_distributed_as_the_target():
+    """gamma = 1: x ~ q, then keep x or replace it. The first output token must follow p, not q."""
+    q = torch.tensor([0.4, 0.3, 0.2, 0.1])
+    p = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    bonus = torch.tensor([0.25, 0.25, 0.25, 0.25])
+    generator = torch.Generator().manual_seed(0)
+    counts, accepted = torch.zeros(4), 0
+    n_draws = 6000
+    for _ in range(n_draws):
+        x = sample(q, generator).view(1)
+        n_accepted, next_token = verify(x, q[None], torch.stack([p, bonus]), generator)
+        counts[int(x) if n_accepted == 1 else int(next_token)] += 1
+        accepted += n_accepted
+    assert chi_square_p_value(counts, p) > SIGNIFICANCE, counts
+    assert chi_square_p_value(counts, q) < SIGNIFICANCE, "the test cannot tell p from q"
+    alpha = 1 - tvd(p, q)                                  # P(accept) = sum_x min(p, q) = 0.6
+    assert abs(accepted / n_draws - alpha) < 4 * math.sqrt(alpha * (1 - alpha) / n_draws)
+
+
+# ----------------------------------------------------------------------------------------------
+# speculative_generate: exact agreement with the target
+# ----------------------------------------------------------------------------------------------
+
+def greedy_pair() -> tuple[Llama, Llama]:
+    """A 32-token target and a draft close enough to agree on some greedy tokens, not all."""
+    target = random_model(0, vocab_size=32)
+    return target, perturbed_copy(target, noise=0.1)
+
+
+@pytest.mark.parametrize("prompt", [[1], [5, 9, 2, 7, 30]])
+def test_greedy_speculative_equals_greedy_generate(prompt):
+    target, draft = greedy_pair()
+    expected = generate(target, prompt, 24, temperature=0)
+    accepted = []
+    for gamma in [1, 2, 3, 5]:
+        tokens, stats = speculative_generate(target, draft, prompt, 24, gamma, temperature=0)
+        assert tokens.tolist() == expected.tolist(), f"gamma={gamma}"
+        accepted += [n / gamma for n in stats["accepted_per_block"]]
+    assert min(accepted) == 0 and max(accepted) == 1 and 0 < sum(accepted) / len(accepted) < 1, \
+        "the pair must exercise both full acceptance and rejection"
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+@pytest.mark.parametrize("same_object", [True, False])
+def test_draft_identical_to_target_is_always_accepted(temperature, same_object):
+    target = random_model(0, vocab_size=32)
+    draft = target if same_object else copy.deepcopy(target)
+    gamma, max_new_tokens = 3, 18
+    tokens, stats = speculative_generate(target, draft, [4, 2], max_new_tokens, gamma, temperature,
+                                         generator=torch.Generator().manual_seed(0))
+    assert tokens.numel() == max_new_tokens
+    assert stats["accepted_per_block"] == [gamma] * math.ceil(max_new_tokens / (gamma + 1))
+    assert stats["block_efficiency"] == gamma + 1 and stats["acceptance_rate"] == 1.0
+
+
+@torch.no_grad()
+def reference_speculative(target: Llama, draft: Llama, prompt: list[int], max_new_tokens: int,
+                          gamma: int, generator: torch.Generator, **sampling) -> tuple[list[int], list[int]]:
+    """PAPER.md's speculative sampling with no KV cache: every distribution from a fresh full pass.
+
+    Draws random numbers in the order speculative.py documents: gamma draft tokens, then gamma
+    uniforms u, then the replacement or bonus token. Returns (new tokens, accepted per block).
+    """
+    def next_probs(model: Llama, tokens: list[int]) -> torch.Tensor:       # (V,)
+        return sample_probs(model(torch.tensor([tokens]))[0, -1], **sampling)
+
+    seq, accepted_per_block = list(prompt), []
+    while len(seq) - len(prompt) < max_new_tokens:
+        drafted, q = [], []
+        for _ in range(gamma):
+            q.append(next_probs(draft, seq + drafted))
+            drafted.append(int(sample(q[-1], generator)))
+        p = sample_probs(target(torch.tensor([seq + drafted]))[0, -(gamma + 1):], **sampling)  # (gamma+1, V)
+        u = torch.rand(gamma, generator=generator)
+        n = 0
+        while n < gamma and u[n] * q[n][drafted[n]] < p[n, drafted[n]]:   # accept w.p. min(1, p/q)
+            n += 1
+        if n == gamma:
+            next_token = sample(p[gamma], generator)                        # bonus token
+        else:
+            residual = (p[n] - q[n]).clamp(min=0)                           # norm(max(p - q, 0))
+            next_token = sample(residual / residual.sum(), generator)
+        seq += drafted[:n] + [int(next_token)]
+        accepted_per_block.append(n)
+    return seq[len(prompt): len(prompt) + max_new_tokens], accepted_per_block
+
+
+@pytest.mark.parametrize("sampling", [dict(temperature=1.0), dict(temperature=0.8, top_k=5),
+                                      dict(temperature=1.2, top_p=0.9)])
+def test_cached_speculative_equals_uncached_reference(sampling):
+    """Same random stream, same tokens: the rolled-back caches behave as fresh full passes."""
+    target = random_model(0, vocab_size=16)
+    draft = perturbed_copy(target, noise=0.3)
+    accepted = []
+    for gamma in [1, 2, 4]:
+        for seed in range(3):
+            prompt = [3, 1, 4][: seed + 1]
+            tokens, stats = speculative_generate(target, draft, prompt, 12, gamma, **sampling,
+                                                 generator=torch.Generator().manual_seed(seed))
+            expected, expected_accepted = reference_speculative(
+                target, draft, prompt, 12, gamma, torch.Generator().manual_seed(seed), **sampling)
+            assert tokens.tolist() == expected, f"gamma={gamma} seed={seed}"
+            assert stats["accepted_per_block"] == expected_accepted
+            accepted += [(n, gamma) for n in stats["accepted_per_block"][:-1]]   # blocks with a successor
+    assert any(n < g for n, g in accepted), "no rejected block was followed by another"
+    assert any(0 < n for n, _ in accepted) and any(n == g for n, g in accepted)
+
+
+@pytest.mark.parametrize("gamma", [1, 2, 3, 5])
+@pytest.mark.parametrize("max_new_tokens", [1, 7])
+def test_returns_exactly_max_new_tokens_and_consistent_stats(gamma, max_new_tokens):
+    target = random_model(0, vocab_size=16)
+    draft = perturbed_copy(target, noise=0.3)
+    tokens, stats = speculative_generate(target, draft, [1, 2], max_new_tokens, gamma,
+                                         generator=torch.Generator().manual_seed(gamma))
+    blocks = stats["accepted_per_block"]
+    assert tokens.shape == (max_new_tokens,) and tokens.dtype == torch.long
+    assert stats["new_tokens"] == max_new_tokens
+    assert stats["target_calls"] == len(blocks) and stats["draft_calls"] == gamma * len(blocks)
+    assert sum(n + 1 for n in blocks[:-1]) < max_new_tokens <= sum(n + 1 for n in blocks)  # no extra block
+    assert stats["block_efficiency"] == pytest.approx(sum(n + 1 for n in blocks) / len(blocks))
+
+
+@pytest.mark.parametrize("gamma", [1, 3, 5])
+def test_greedy_eos_stops_like_generate(gamma):
+    target, draft = greedy_pair()
+    prompt = [5, 9, 2, 7, 30]
+    greedy = generate(target, prompt, 16, temperature=0).tolist()
+    eos_id = greedy[5]                                     # a token the target emits early
+    stop = greedy.index(eos_id)
+    assert stop >= 2
+    tokens, _ = speculative_generate(target, draft, prompt, 16, gamma, temperature=0, eos_id=eos_id)
+    assert tokens.tolist() == greedy[: stop + 1]
+    assert tokens.tolist() == generate(target, prompt, 16, temperature=0, eos_id=eos_id).tolist()
+
+
+def test_sampled_output_ends_at_its_first_eos():
+    target = random_model(0, vocab_size=8)
+    draft = perturbed_copy(target, noise=0.3)
+    lengths = []
+    for seed in range(10):
+        tokens, stats = speculative_generate(target, draft, [1], 12, 3, eos_id=0,
+                                             generator=torch.Generator().manual_seed(seed))
+        tokens = tokens.tolist()
+        assert 0 not in tokens[:-1] and (tokens[-1] == 0 or len(tokens) == 12), tokens
+        assert stats["new_tokens"] == len(tokens)
+        lengths.append(len(tokens))
+    assert min(lengths) < 12 and max(lengths) > 1, lengths
+
+
+# ----------------------------------------------------------------------------------------------
+# speculative_generate: the output distribution, by chi-square against the exact joint
+# ----------------------------------------------------------------------------------------------
+
+# (vocabulary, gamma, prompt, sampling). Three generated tokens span: acceptances, rejections at
+# each draft position, the bonus token (after gamma accepted), and a second block on top of a
+# rolled-back cache. gamma=1 makes three tokens span at least two blocks; a one-token prompt
+# skips the target's prefill.
+STAT_CASES = [
+    (4, 2, [1, 2], dict(temperature=1.0)),
+    (6, 1, [3], dict(temperature=0.7, top_k=4)),
+    (6, 3, [2, 5], dict(temperature=1.0, top_p=0.85)),
+]
+
+
+@pytest.mark.parametrize("vocab_size, gamma, prompt, sampling", STAT_CASES)
+def test_speculative_samples_follow_the_target_joint_not_the_draft(vocab_size, gamma, prompt, sampling):
+    n_tokens, n_runs = 3, 600
+    target = random_model(0, vocab_size=vocab_size, **TINY)
+    draft = perturbed_copy(target, noise=0.5)
+    target_joint = exact_joint(target, prompt, n_tokens, **sampling)
+    draft_joint = exact_joint(draft, prompt, n_tokens, **sampling)
+    generator = torch.Generator().manual_seed(0)
+    counts, blocks = torch.zeros(vocab_size ** n_tokens), []
+    for _ in range(n_runs):
+        tokens, stats = speculative_generate(target, draft, prompt, n_tokens, gamma, **sampling,
+                                             generator=generator)
+        counts[sum(int(t) * vocab_size ** (n_tokens - 1 - i) for i, t in enumerate(tokens))] += 1
+        blocks += stats["accepted_per_block"]
+    assert set(blocks) == set(range(gamma + 1)), "every acceptance count must occur"
+    p_target = chi_square_p_value(counts, target_joint)
+    assert p_target > SIGNIFICANCE, f"speculative samples do not follow the target: p={p_target:.2g}"
+    p_draft = chi_square_p_value(counts, draft_joint)
+    assert p_draft < SIGNIFICANCE, f"no power: the draft's joint (TVD {tvd(target_joint, draft_joint):.2f}) " \
+                                   f"was not rejected, p={p_draft:.2g}"
+
+
+# ----------------------------------------------------------------------------------------------
+# The metrics: alpha and tau on an i.i.d. case, and hand-computed values
+# ----------------------------------------------------------------------------------------------
+
+def context_free_model(logits: list[float]) -> Llama:
+    """A model whose next-token logits are `logits` whatever the context.
+
+    The attention and MLP output projections (wo, w2) are zero, so every block adds nothing and
+    the final hidden state is the token's embedding; every embedding is the all-ones vector, whose
+    RMSNorm is itself (up to eps). The LM head then reads the logits from its first column.
+    """
+    model = Llama(get_config("test", vocab_size=len(logits), **{**TINY, "max_seq_len": 1024})).eval()
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.attention.wo.weight.zero_()
+            layer.feed_forward.w2.weight.zero_()
+        model.tok_embeddings.weight.fill_(1.0)
+        model.output.weight.zero_()
+        model.output.weight[:, 0] = torch.tensor(logits)
+    return model
+
+
+def test_measured_tau_and_alpha_match_the_iid_prediction():
+    target = context_free_model([2.0, 1.0, 0.0, 0.0, -1.0, 0.5])
+    draft = context_free_model([0.5, 1.0, 1.5, 0.0, 0.0, 0.0])
+    tokens = torch.randint(0, 6, (1, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        p, q = torch.softmax(target(tokens)[0], -1), torch.softmax(draft(tokens)[0], -1)  # (20, V)
+    assert torch.allclose(p, p[0].expand_as(p)) and torch.allclose(q, q[0].expand_as(q)), "context leaks in"
+    alpha = 1 - tvd(p[0], q[0])                            # PAPER.md: at T=1, alpha = 1 - TVD(p, q)
+    assert 0.5 < alpha < 0.8
+
+    gamma = 3
+    _, stats = speculative_generate(target, draft, [0], 800, gamma, generator=torch.Generator().manual_seed(0))
+    blocks = stats["accepted_per_block"]
+    # Per block, n accepted ~ truncated geometric: P(n = j) = alpha^j (1 - alpha), P(n = gamma) = alpha^gamma.
+    law = torch.tensor([alpha ** j * (1 - alpha) for j in range(gamma)] + [alpha ** gamma], dtype=torch.float64)
+    tau_values = torch.arange(1, gamma + 2, dtype=torch.float64)            # tokens per block: n + 1
+    tau_mean = float((law * tau_values).sum())
+    tau_se = math.sqrt(float((law * (tau_values - tau_mean) ** 2).sum()) / len(blocks))
+    assert tau_mean == pytest.approx(predicted_block_efficiency(alpha, gamma))
+    assert abs(stats["block_efficiency"] - tau_mean) < 4 * tau_se, (stats["block_efficiency"], tau_mean, tau_se)
+    tests = sum(n + 1 if n < gamma else n for n in blocks)
+    assert abs(stats["acceptance_rate"] - alpha) < 4 * math.sqrt(alpha * (1 - alpha) / tests)
+    predicted = predicted_block_efficiency(stats["acceptance_rate"], gamma)
+    assert abs(stats["block_efficiency"] - predicted) < 6 * tau_se   # PAPER.md's correctness check
+
+
+def test_block_stats_by_hand():
+    stats = block_stats([2, 0, 3], gamma=3, target_calls=3, draft_calls=9, seconds=0.5, n_tokens=8)
+    assert stats["block_efficiency"] == pytest.approx(8 / 3)            # (2+1 + 0+1 + 3+1) / 3 blocks
+    assert stats["acceptance_rate"] == pytest.approx(5 / 7)             # tests: 3 + 1 + 3 (full block)
+    assert (stats["target_calls"], stats["draft_calls"], stats["new_tokens"]) == (3, 9, 8)
+    assert math.isnan(block_stats([], 3, 0, 0, 0.0, 0)["block_efficiency"])
+
+
+def test_predicted_block_efficiency_by_hand():
+    assert predicted_block_efficiency(0.5, 2) == pytest.approx(1.75)     # 1 + 0.5 + 0.25
+    assert predicted_block_efficiency(0.0, 4) == 1.0
+    assert predicted_block_efficiency(1.0, 4) == 5.0
+    assert predicted_block_efficiency(0.999999, 4) == pytest.approx(5.0, abs=1e-4)
+
+
+def test_memory_bound_speedup_by_hand():
+    assert memory_bound_speedup(100, 10, 2.0, 4) == pytest.approx(10 * 2.0 / 14)   # c tau / (c + gamma)
+    assert memory_bound_speedup(1000, 10, 1.0, 4) < 1.0                             # nothing accepted: a loss
+
+
+def test_mean_ci95_by_hand():
+    mean, half_width = mean_ci95([1.0, 2.0, 3.0, 4.0])
+    assert mean == 2.5 and half_width == pytest.approx(1.96 * math.sqrt((5 / 3) / 4))
+    mean, half_width = mean_ci95([3.0])
+    assert mean == 3.0 and math.isnan(half_width)
+
+
+def test_evaluate_pair_pools_runs_seeded_per_prompt():
+    target = random_model(0, vocab_size=16)
+    draft = perturbed_copy(target, noise=0.3)
+    prompts, gamma = [[1], [2, 3], [4, 5, 6]], 2
+    result = evaluate_pair(target, draft, prompts, gamma, 1.0, 10, seed=7, baseline=True)
+    runs = [speculative_generate(target, draft, prompt, 10, gamma, 1.0,
+                                 generator=torch.Generator().manual_seed(7 + i))[1] for i, prompt in enumerate(prompts)]
+    taus = [run["block_efficiency"] for run in runs]
+    blocks = [n for run in runs for n in run["accepted_per_block"]]
+    alpha = sum(blocks) / sum(n + 1 if n < gamma else n for n in blocks)
+    assert result["block_efficiency"] == pytest.approx(sum(taus) / 3)
+    assert result["ci95"] == pytest.approx(mean_ci95(taus)[1])
+    assert result["acceptance_rate"] == pytest.approx(alpha)
+    assert result["predicted_block_efficiency"] == pytest.approx(predicted_block_efficiency(alpha, gamma))
+    assert result["mbsu"] == pytest.approx(memory_bound_speedup(count_params(target), count_params(draft),
+                                                                result["block_efficiency"], gamma))
+    assert result["speedup"] == pytest.approx(result["tokens_per_s"] / result["baseline_tokens_per_s"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: one ValueError that names the problem
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(gamma=0), "gamma"),
+    (dict(temperature=-0.5), "temperature"),
+    (dict(top_p=0.0), "top_p"),
+    (dict(top_p=1.5), "top_p"),
+    (dict(top_k=0), "top_k"),
+    (dict(prompt_ids=[]), "at least one token"),
+    (dict(prompt_ids=list(range(10)), max_new_tokens=60), "context"),   # target context 64
+])
+def test_speculative_generate_rejects_bad_settings(kwargs, message):
+    target = random_model(0, vocab_size=16)
+    arguments = dict(target=target, draft=perturbed_copy(target, 0.3), prompt_ids=[1, 2], max_new_tokens=5)
+    with pytest.raises(ValueError, match=message):
+        speculative_generate(**{**arguments, **kwargs})
+
+
+def test_vocabulary_mismatch_is_rejected():
+    with pytest.raises(ValueError, match="vocabulary"):
+        speculative_generate(random_model(0, vocab_size=16), random_model(0, vocab_size=17), [1], 5)
+
+
+def test_draft_with_a_shorter_context_is_rejected():
+    target = random_model(0, vocab_size=16)                # context 64
+    draft = random_model(1, vocab_size=16, max_seq_len=16)
+    with pytest.raises(ValueError, match="context is 16"):
+        speculative_generate(target, draft, [1, 2, 3, 4, 5], 12, gamma=2)   # 17 tokens > 16
+    tokens, _ = speculative_generate(target, draft, [1, 2], 12, gamma=2)   # 2 + 12 + gamma fits
+    assert tokens.numel() == 12
+
+
+@pytest.mark.parametrize("kwargs, message", [(dict(temperature=-0.5), "temperature"),
+                                             (dict(top_k=0), "top_k"), (dict(top_p=0.0), "top_p"),
+                                             (dict(max_new_tokens=70), "context")])
+def test_generate_rejects_bad_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        generate(random_model(0, vocab_size=16), **{**dict(prompt_ids=[1, 2], max_new_tokens=5), **kwargs})
