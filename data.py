@@ -296,12 +296,26 @@ def make_world(cfg: WorldConfig) -> dict:
 
 
 # -------------------------------------------------------------------------- files on disk
-def _atomic_write(path: str, text: str) -> None:
-    """Write to a temp file, then rename: a crash never leaves a half-written file."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def replace_atomically(path: str, write) -> None:
+    """Create `path` through `write(temp_path)`, then fsync the temp file and rename it over
+    `path`: a reader (or a run resumed after a crash) sees the old file or the whole new one,
+    never half of one. Every file this project writes for keeps goes through here."""
+    tmp = f"{path}.{os.getpid()}.tmp"      # per process: several ranks may write at once
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):             # the write failed (e.g. a full disk): drop the partial file
+            os.remove(tmp)
+
+
+def write_atomically(path: str, text: str) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    replace_atomically(path, write)
 
 
 def _jsonl(records: list[dict]) -> str:
@@ -312,11 +326,11 @@ def write_world(world: dict, out_dir: str) -> None:
     """corpus.txt (documents split by a blank line), instructions.jsonl,
     seed_prompts.jsonl and eval_<task>.jsonl."""
     os.makedirs(out_dir, exist_ok=True)
-    _atomic_write(os.path.join(out_dir, "corpus.txt"), "\n\n".join(world["corpus"]) + "\n")
-    _atomic_write(os.path.join(out_dir, "instructions.jsonl"), _jsonl(world["instructions"]))
-    _atomic_write(os.path.join(out_dir, "seed_prompts.jsonl"), _jsonl(world["seed_prompts"]))
+    write_atomically(os.path.join(out_dir, "corpus.txt"), "\n\n".join(world["corpus"]) + "\n")
+    write_atomically(os.path.join(out_dir, "instructions.jsonl"), _jsonl(world["instructions"]))
+    write_atomically(os.path.join(out_dir, "seed_prompts.jsonl"), _jsonl(world["seed_prompts"]))
     for task, records in world["eval_prompts"].items():
-        _atomic_write(os.path.join(out_dir, f"eval_{task}.jsonl"), _jsonl(records))
+        write_atomically(os.path.join(out_dir, f"eval_{task}.jsonl"), _jsonl(records))
 
 
 def _read_text(path: str, what: str) -> str:
@@ -385,15 +399,23 @@ def load_jsonl_examples(path: str) -> list[dict]:
                        '{"prompt": ..., "response": ..., "system": optional}')
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Generate the synthetic world and write it.")
     parser.add_argument("--preset", default="cpu", choices=sorted(WORLD_PRESETS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/cpu/world")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     world = make_world(preset(args.preset, seed=args.seed))
-    write_world(world, args.out)
+    try:
+        write_world(world, args.out)
+    except OSError as e:
+        raise ValueError(f"cannot write the world to {args.out} ({e.strerror}); choose another --out") from None
     print(f"wrote {args.out}: {len(world['corpus'])} corpus documents "
           f"({sum(map(len, world['corpus'])):,} characters), "
           f"{len(world['instructions'])} instructions, {len(world['seed_prompts'])} seed prompts, "
           + ", ".join(f"{len(v)} eval {k}" for k, v in world["eval_prompts"].items()))
+
+
+if __name__ == "__main__":
+    from speculative import run_cli   # the one error convention of every command line (imports torch)
+    run_cli(main)

@@ -42,7 +42,7 @@ import time
 
 import torch
 
-from data import load_jsonl_prompts
+from data import load_jsonl_prompts, write_atomically
 from model import Llama, load_model
 from speculative import check_sampling, generate_batch, parse_list, run_cli
 from tokenizer import Tokenizer, chat_prompt, check_vocab, load_tokenizer
@@ -144,16 +144,6 @@ def append_durably(path: str, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
-
-
-def write_atomically(path: str, text: str) -> None:
-    """Temp file, fsync, rename: readers see the old file or the whole new one, never a mix."""
-    tmp = f"{path}.{os.getpid()}.tmp"           # per process: ranks may merge at the same time
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_lines(path: str) -> tuple[list[str], bool]:
@@ -290,8 +280,11 @@ def distill(model: Llama, tok: Tokenizer, jobs: list[dict], out: str, max_new_to
               f"ETA {eta // 3600}h{eta // 60 % 60:02d}m{eta % 60:02d}s", file=sys.stderr, flush=True)
     if not todo:
         print(f"{tag}{path}: all {total} records already there", file=sys.stderr)
-    if world > 1 and merge_shards(out, world, len(jobs)):
-        print(f"{tag}merged {world} shards into {out} ({len(jobs)} records)", file=sys.stderr)
+    if world > 1:
+        # Even a rank that owns no batch leaves a (then empty) shard: merge_shards waits for all.
+        append_durably(path, "")
+        if merge_shards(out, world, len(jobs)):
+            print(f"{tag}merged {world} shards into {out} ({len(jobs)} records)", file=sys.stderr)
     return path
 
 

@@ -196,9 +196,12 @@ def speculative_generate(target: Llama, draft: Llama, prompt_ids, max_new_tokens
     P = seq.numel()
     if P == 0:
         raise ValueError("the prompt needs at least one token (e.g. the BOS token)")
-    n_slots = P + max_new_tokens + gamma         # the last block may draft past max_new_tokens
-    check_context(target, n_slots, "speculative decoding")
-    check_context(draft, n_slots, "speculative decoding")
+    check_context(target, P + max_new_tokens, "speculative decoding")
+    check_context(draft, P + max_new_tokens, "speculative decoding")
+    # The last block may draft past max_new_tokens (those extra tokens are dropped), but never
+    # past either model's context: near its end a block drafts fewer than gamma tokens.
+    context = min(target.config.max_seq_len, draft.config.max_seq_len)
+    n_slots = min(P + max_new_tokens + gamma - 1, context)
     target_cache, draft_cache = target.new_cache(1, n_slots), draft.new_cache(1, n_slots)
 
     def positions(first: int, count: int) -> torch.Tensor:
@@ -209,12 +212,13 @@ def speculative_generate(target: Llama, draft: Llama, prompt_ids, max_new_tokens
     if P > 1:   # prefill the target with all but the last prompt token (each block feeds that one)
         target(seq[None, :-1], target_cache, positions(0, P - 1))
     draft_len = 0   # the draft's first block feeds it the whole prompt
-    accepted_per_block, target_calls, draft_calls = [], 0, 0
+    accepted_per_block, drafted_per_block, target_calls, draft_calls = [], [], 0, 0
     while seq.numel() - P < max_new_tokens:
         # 1. The draft proposes gamma tokens x_1..x_gamma ~ q, feeding whatever it has not seen.
         block_start = seq.numel()
+        block_gamma = min(gamma, context - block_start)      # = gamma except at the end of a context
         feed, draft_tokens, draft_probs = seq[draft_len:], [], []
-        for _ in range(gamma):
+        for _ in range(block_gamma):
             draft_logits = draft(feed[None], draft_cache, positions(draft_len, feed.numel()))[0, -1]
             draft_len += feed.numel()
             draft_calls += 1
@@ -226,13 +230,14 @@ def speculative_generate(target: Llama, draft: Llama, prompt_ids, max_new_tokens
 
         # 2. The target scores [last token, x_1..x_gamma] in ONE pass: p_1..p_{gamma+1}.
         target_input = torch.cat([seq[-1:], draft_tokens])
-        target_logits = target(target_input[None], target_cache, positions(block_start - 1, gamma + 1))[0]
+        target_logits = target(target_input[None], target_cache, positions(block_start - 1, block_gamma + 1))[0]
         target_calls += 1
         target_probs = sample_probs(target_logits, temperature, top_k, top_p)     # (gamma + 1, V)
 
         # 3. Accept a prefix, add the replacement / bonus token, roll the draft cache back.
         n_accepted, next_token = verify(draft_tokens, draft_probs, target_probs, generator)
         accepted_per_block.append(n_accepted)
+        drafted_per_block.append(block_gamma)
         seq = torch.cat([seq, draft_tokens[:n_accepted], next_token.view(1)])
         draft_len = min(draft_len, block_start + n_accepted)   # keep only slots of accepted tokens
         if eos_id is not None and (seq[block_start:] == eos_id).any():
@@ -243,27 +248,30 @@ def speculative_generate(target: Llama, draft: Llama, prompt_ids, max_new_tokens
     seconds = time.perf_counter() - started
 
     new_tokens = seq[P: P + max_new_tokens].cpu()
-    return new_tokens, block_stats(accepted_per_block, gamma, target_calls, draft_calls,
-                                   seconds, new_tokens.numel())
+    return new_tokens, block_stats(accepted_per_block, drafted_per_block, gamma, target_calls,
+                                   draft_calls, seconds, new_tokens.numel())
 
 
-def block_stats(accepted_per_block: list[int], gamma: int, target_calls: int, draft_calls: int,
-                seconds: float, n_tokens: int) -> dict:
+def block_stats(accepted_per_block: list[int], drafted_per_block: list[int], gamma: int,
+                target_calls: int, draft_calls: int, seconds: float, n_tokens: int) -> dict:
     """Per-run statistics (PAPER.md's definitions).
 
-    block_efficiency tau = mean over blocks of (accepted + 1) = tokens produced per target call.
+    block_efficiency tau = mean over blocks of (accepted + 1) = tokens produced per target call
+    (tokens accepted past EOS or max_new_tokens count too: tau measures the blocks, not the output).
     acceptance_rate alpha = accepted draft tokens / accept tests made: a block that stops at a
-    rejection made n+1 tests, a fully accepted block made gamma. (Dividing by gamma per block
-    instead would undercount alpha, since tokens after a rejection are never tested.)
+    rejection made n+1 tests, a fully accepted block made as many as it drafted. (Dividing by
+    gamma per block instead would undercount alpha: tokens after a rejection are never tested.)
     """
     blocks = len(accepted_per_block)
     accepted = sum(accepted_per_block)
-    tests = sum(n + 1 if n < gamma else n for n in accepted_per_block)
+    tests = sum(n + (n < drafted) for n, drafted in zip(accepted_per_block, drafted_per_block))
     return {
         "gamma": gamma,
         "block_efficiency": (accepted + blocks) / blocks if blocks else float("nan"),
         "acceptance_rate": accepted / tests if tests else float("nan"),
         "accepted_per_block": accepted_per_block,
+        "drafted_per_block": drafted_per_block,
+        "accept_tests": tests,
         "target_calls": target_calls,
         "draft_calls": draft_calls,
         "new_tokens": n_tokens,
@@ -313,7 +321,7 @@ def evaluate_pair(target: Llama, draft: Llama, prompts: list[list[int]], gamma: 
                                              top_k, top_p, eos_id, generator)
         taus.append(stats["block_efficiency"])
         accepted += sum(stats["accepted_per_block"])
-        tests += sum(n + 1 if n < gamma else n for n in stats["accepted_per_block"])
+        tests += stats["accept_tests"]
         spec_tokens, spec_seconds = spec_tokens + tokens.numel(), spec_seconds + stats["seconds"]
         if baseline:
             generator = torch.Generator(device).manual_seed(seed + i)
@@ -368,26 +376,42 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, choices=[None, "float32", "bfloat16", "float16"])
+    parser.add_argument("--cuda-graphs", action="store_true", help="replay decode steps from CUDA graphs (GPU)")
     parser.add_argument("--bench", action="store_true", help="table over --prompts x --gammas x --temperatures")
     parser.add_argument("--prompts", help="JSONL file of {\"prompt\": ..., \"system\": optional} for --bench")
     parser.add_argument("--gammas", default="1,2,3,4,6,8")
     parser.add_argument("--temperatures", default="0,1")
     args = parser.parse_args(argv)
 
+    # Flags first: a typo should cost one sentence, not the minute it takes to load a 7B model.
+    gammas = parse_list(args.gammas, int) if args.bench else [args.gamma]
+    temperatures = parse_list(args.temperatures, float) if args.bench else [args.temperature]
+    if not gammas or min(gammas) < 1:
+        raise ValueError(f"gamma (draft tokens per block) must be >= 1, got {args.gammas if args.bench else args.gamma}")
+    if not temperatures:
+        raise ValueError("--temperatures needs at least one temperature")
+    for temperature in temperatures:
+        check_sampling(temperature, args.top_k, args.top_p)
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.bench and not args.prompts:
+        raise ValueError("--bench needs --prompts FILE.jsonl")
+    if not args.bench and not args.prompt:
+        raise ValueError("give --prompt \"...\" (or --bench --prompts FILE.jsonl)")
     dtype = getattr(torch, args.dtype) if args.dtype else None
     target = load_model(args.target, args.device, dtype)
     draft = load_model(args.draft, args.device, dtype)
     tok = load_tokenizer(args.tokenizer)
     check_vocab(tok, target.config.vocab_size, args.target)
     check_pair(target, draft, args.gamma)
-    check_sampling(args.temperature, args.top_k, args.top_p)
+    if args.cuda_graphs:
+        target.enable_cuda_graphs()
+        draft.enable_cuda_graphs()
 
     def encode(prompt: str, system: str | None) -> list[int]:
         return chat_prompt(tok, prompt, system) if args.chat else tok.encode(prompt, bos=True)
 
     if not args.bench:
-        if not args.prompt:
-            raise ValueError("give --prompt \"...\" (or --bench --prompts FILE.jsonl)")
         generator = torch.Generator(args.device).manual_seed(args.seed)
         tokens, stats = speculative_generate(target, draft, encode(args.prompt, args.system),
                                              args.max_new_tokens, args.gamma, args.temperature,
@@ -401,14 +425,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{key:>28}: {value:.3f}" if isinstance(value, float) else f"{key:>28}: {value}")
         return
 
-    if not args.prompts:
-        raise ValueError("--bench needs --prompts FILE.jsonl")
     prompts = [encode(r["prompt"], r.get("system")) for r in load_jsonl_prompts(args.prompts)]
-    gammas, temperatures = parse_list(args.gammas, int), parse_list(args.temperatures, float)
-    for gamma in gammas:
-        check_pair(target, draft, gamma)
-    for temperature in temperatures:
-        check_sampling(temperature, args.top_k, args.top_p)
+    for i, prompt in enumerate(prompts, 1):        # every prompt must fit before the first is timed
+        for model in (target, draft):
+            check_context(model, len(prompt) + args.max_new_tokens, f"prompt {i} of {args.prompts}")
     print(f"target {count_params(target):,} params, draft {count_params(draft):,} params, "
           f"{len(prompts)} prompts, {args.max_new_tokens} new tokens each, device {args.device}")
     for temperature in temperatures:
@@ -427,7 +447,7 @@ def run_cli(main_fn, argv: list[str] | None = None) -> None:
     """Run a CLI entry point; bad input becomes one line on stderr and exit code 2, no traceback."""
     try:
         main_fn(argv)
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
+    except (ValueError, OSError) as error:   # OSError: our FileNotFoundErrors, and the system's (a full disk, ...)
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
 

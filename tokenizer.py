@@ -30,15 +30,18 @@ the target's answers to templated prompts, so the draft must be trained on the s
 response starts, so the training code can put the loss on the response tokens only.
 """
 
+import argparse
 import base64
 import io
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import sentencepiece as spm
 import tiktoken
+
+from data import load_corpus, load_jsonl_examples, replace_atomically
 
 # Llama 3's pre-tokenization regex (Meta's llama3 reference, llama/tokenizer.py): contractions,
 # words with one optional leading non-letter, numbers in groups of at most 3 digits,
@@ -212,11 +215,8 @@ def train_sentencepiece(texts: Iterable[str], out_path: str,
     except RuntimeError as e:
         raise ValueError(f"could not train a SentencePiece tokenizer for {out_path} "
                          f"with vocab_size={vocab_size}: {e}") from None
-    out_dir = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(out_dir, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=out_dir, delete=False) as tmp:
-        tmp.write(proto.getvalue())
-    os.replace(tmp.name, out_path)
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    replace_atomically(out_path, lambda tmp: Path(tmp).write_bytes(proto.getvalue()))
     return load_tokenizer(out_path)
 
 
@@ -278,22 +278,26 @@ def chat_example(tok: Tokenizer, user: str, response: str,
     return ids, len(prompt)
 
 
-if __name__ == "__main__":
-    import argparse
-
-    from data import load_corpus, load_jsonl_examples
-
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train a SentencePiece BPE tokenizer on text files.")
     parser.add_argument("--data", required=True,
                         help="comma-separated .txt corpora and/or .jsonl examples (prompt + response)")
     parser.add_argument("--vocab-size", type=int, default=1024)
     parser.add_argument("--out", required=True, help="where to write tokenizer.model")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     texts = []
     for path in args.data.split(","):
         if path.endswith(".jsonl"):
             texts += [f"{r['prompt']}\n{r['response']}" for r in load_jsonl_examples(path)]
         else:
             texts += load_corpus(path)
-    tok = train_sentencepiece(texts, args.out, args.vocab_size)
+    try:
+        tok = train_sentencepiece(texts, args.out, args.vocab_size)
+    except OSError as e:
+        raise ValueError(f"cannot write {args.out} ({e.strerror}); choose another --out") from None
     print(f"wrote {args.out}: {tok.vocab_size} tokens")
+
+
+if __name__ == "__main__":
+    from speculative import run_cli   # the one error convention of every command line (imports torch)
+    run_cli(main)

@@ -14,17 +14,36 @@ Every training example is one token sequence plus the index where the loss start
 documents are learned whole, chat examples only from the response on. Batches are right-padded
 and a mask keeps padding and prompts out of the loss.
 
-Runs are resumable: re-running the same command continues from --out/ckpt.pt (model, optimizer,
-step). No data-loader state is needed, because the batch of step s is a pure function of
-(seed, s) (see `batch_indices`): a resumed run sees exactly the batches an uninterrupted run
-would. The same property makes DistributedDataParallel simple: under torchrun each rank takes
-its slice of the step's global batch, and a checkpoint resumes under any number of ranks.
+Runs survive being killed at any moment (SIGKILL included): re-running the same command
+continues from --out/ckpt.pt and ends with the same weights, bit for bit on CPU, as a run that
+was never interrupted. What makes that true:
+  * everything random or step-dependent is a pure function of (seed, step): the batch of step s
+    (`batch_indices`), the samples of on-policy losses (a generator seeded per step) and the
+    learning rate (`learning_rate`). So the checkpoint needs no data-loader state: model,
+    optimizer, step and torch's global RNG state (which nothing in the loop draws from today;
+    saving it keeps resume exact if something ever does, e.g. dropout) are all of it;
+  * ckpt.pt is written atomically (temp file, fsync, rename), AFTER the model directory: the
+    last good checkpoint is never replaced by a partial one, and a finished ckpt.pt means the
+    final model/ is complete too;
+  * log.jsonl is cut back to the checkpoint's step on resume, so the recomputed steps are not
+    logged twice;
+  * ckpt.pt records the model config and the settings that decide the result (seed, batch size,
+    learning-rate schedule, a hash of the tokenized data, ...): resuming with other ones would
+    not continue the same run, so it is refused with the differences named.
+The same purity makes DistributedDataParallel simple: under torchrun each rank takes its slice
+of the step's global batch, and a checkpoint resumes under any number of ranks.
+
+A non-finite loss or gradient stops the run with the step number before the optimizer touches
+the weights, so the last checkpoint stays good. Bad flags and files stop it before any work
+with one sentence (run_cli), never a traceback.
 """
 
 import argparse
+import hashlib
 import json
 import math
 import os
+import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -33,9 +52,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from data import load_corpus, load_jsonl_examples, load_jsonl_prompts
+from data import load_corpus, load_jsonl_examples, load_jsonl_prompts, replace_atomically, write_atomically
+from distill_data import load_distill_records
 from losses import get_loss
-from model import Llama, ModelConfig, count_params, get_config, load_model, save_model
+from model import Llama, count_params, get_config, load_model, save_model
 from speculative import evaluate_pair, run_cli
 from tokenizer import chat_example, chat_prompt, check_vocab, load_tokenizer
 
@@ -53,15 +73,17 @@ def load_examples(paths: list[str], tok, max_len: int) -> list[tuple[list[int], 
     *.jsonl with "response":     instruction examples, rendered with the chat template.
     For the JSONL kinds the loss starts at the first response token.
     """
-    from distill_data import load_distill_records   # imported here: only distillation data needs it
     examples = []
     for path in paths:
         if path.endswith(".txt"):
             for doc in load_corpus(path):
                 ids = tok.encode(doc, bos=True, eos=True)
+                # Windows overlap by one token: each token is a target exactly once.
                 examples += [(ids[i: i + max_len], 1) for i in range(0, len(ids) - 1, max_len - 1)]
             continue
-        with open(path, encoding="utf-8") as f:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"training data {path} not found; check --data")
+        with open(path, encoding="utf-8", errors="replace") as f:
             first_line = f.readline()
         if '"response_ids"' in first_line:
             records = [(r["prompt_ids"] + r["response_ids"], len(r["prompt_ids"]))
@@ -85,15 +107,21 @@ def split_examples(examples: list, every: int = 50) -> tuple[list, list]:
             [e for i, e in enumerate(examples) if i % every == 0])
 
 
+def fingerprint(examples: list[tuple[list[int], int]]) -> str:
+    """A short hash of the tokenized examples: a resumed run must train on the same data."""
+    return hashlib.sha256(json.dumps(examples).encode()).hexdigest()[:16]
+
+
 def batch_indices(n_examples: int, batch_size: int, seed: int, step: int) -> list[int]:
     """The global batch of `step`: examples [step*B, (step+1)*B) of an endless stream of
     epochs, each epoch a fresh permutation seeded by (seed, epoch). A pure function of its
     arguments, so resuming and sharding over ranks need no data-loader state."""
+    first, end = step * batch_size, (step + 1) * batch_size        # positions in the stream
     indices = []
-    for position in range(step * batch_size, (step + 1) * batch_size):
-        epoch, offset = divmod(position, n_examples)
+    for epoch in range(first // n_examples, (end - 1) // n_examples + 1):   # usually just one
         order = torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        indices.append(int(order[offset]))
+        begin = epoch * n_examples
+        indices += order[max(first, begin) - begin: min(end, begin + n_examples) - begin].tolist()
     return indices
 
 
@@ -135,17 +163,6 @@ def make_optimizer(model: Llama, lr: float, weight_decay: float, device: torch.d
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device.type == "cuda")
 
 
-def atomic_save(obj, path: str) -> None:
-    """torch.save to a temp file, fsync, then rename over `path`: a crash at any moment leaves
-    either the old complete file or the new complete one, never a torn one."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def objective(model, teacher, loss_fn, inputs, targets, mask, generator):
     """Mean loss over the masked positions of one micro-batch (float32)."""
     draft_logits = model(inputs)                                            # (B, T, V)
@@ -154,6 +171,76 @@ def objective(model, teacher, loss_fn, inputs, targets, mask, generator):
     with torch.no_grad():
         target_logits = teacher(inputs)                                     # (B, T, V), no gradient
     return loss_fn(draft_logits, target_logits, targets, mask, generator=generator)
+
+
+# ----------------------------------------------------------------------------------------------
+# The run directory: checkpoint, log, resume
+# ----------------------------------------------------------------------------------------------
+
+CHECKPOINT_KEYS = ("model", "optimizer", "step", "config", "settings", "rng")
+
+
+def prepare_run_dir(out: str) -> None:
+    """Create --out and prove it writable now, not after an hour of training."""
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise ValueError(f"cannot write the run directory {out} ({error.strerror}); "
+                         "choose another --out") from None
+
+
+def run_settings(args, examples: list[tuple[list[int], int]]) -> dict:
+    """Everything besides the model config that decides the weights a run ends with. Not in
+    here, because they change nothing or only the float rounding: the device, the number of
+    ranks, --micro-batch-size, --compile and the logging / evaluation / checkpoint intervals."""
+    return {"mode": args.mode, "loss": get_loss(args.loss).__name__ if args.mode == "distill" else None,
+            "seed": args.seed, "max_steps": args.max_steps, "batch_size": args.batch_size,
+            "lr": args.lr, "warmup": args.warmup, "weight_decay": args.weight_decay,
+            "grad_clip": args.grad_clip, "data_hash": fingerprint(examples)}
+
+
+def differences(before: dict, now: dict, then: str = "in the checkpoint") -> str:
+    """'key: A in the checkpoint, B now; ...' for every key whose value differs (only those: a
+    whole config in an error message hides the one field that matters)."""
+    return "; ".join(f"{key}: {before.get(key)!r} {then}, {now.get(key)!r} now"
+                     for key in sorted(before.keys() | now.keys()) if before.get(key) != now.get(key))
+
+
+def load_checkpoint(path: str, device: torch.device) -> dict:
+    """Read ckpt.pt. weights_only=True: unpickling can run arbitrary code, so accept nothing
+    but tensors and plain containers."""
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:   # a damaged file raises many types: UnpicklingError, RuntimeError, EOFError...
+        raise ValueError(f"{path} cannot be read ({type(error).__name__}); it is damaged or not a "
+                         "train.py checkpoint: delete it to start the run over, or choose another --out") from None
+    missing = [key for key in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or key not in ckpt]
+    if missing:
+        raise ValueError(f"{path} lacks {missing}; it was not written by this train.py: "
+                         "delete it to start the run over, or choose another --out")
+    return ckpt
+
+
+def trim_log(path: str, step: int) -> None:
+    """Keep only the complete records of steps <= `step`, atomically. A resumed run trains the
+    steps after its checkpoint again and logs them again; without this they would appear twice
+    (and a line torn by a kill would break every reader of the log)."""
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.readlines()
+    kept = []
+    for line in lines:
+        try:
+            complete = line.endswith("\n") and json.loads(line)["step"] <= step
+        except (json.JSONDecodeError, KeyError, TypeError):
+            complete = False
+        if complete:
+            kept.append(line)
+    if kept != lines:
+        write_atomically(path, "".join(kept))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -199,7 +286,7 @@ def format_seconds(seconds: float) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# The training loop
+# The command line and the training loop
 # ----------------------------------------------------------------------------------------------
 
 def parse_args(argv=None):
@@ -220,7 +307,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the whole run is reproducible from it (bit for bit on CPU)")
     p.add_argument("--log-interval", type=int, default=25)
     p.add_argument("--eval-interval", type=int, default=250)
     p.add_argument("--ckpt-interval", type=int, default=250)
@@ -234,38 +321,71 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def check_args(args) -> None:
+    """Every flag that needs no file is checked first, before anything is loaded or trained."""
+    at_least = {"--max-steps": (args.max_steps, 1), "--batch-size": (args.batch_size, 1),
+                "--micro-batch-size": (args.micro_batch_size, 1), "--max-len": (args.max_len, 2),
+                "--warmup": (args.warmup, 0), "--log-interval": (args.log_interval, 1),
+                "--eval-interval": (args.eval_interval, 1), "--ckpt-interval": (args.ckpt_interval, 1),
+                "--eval-n-prompts": (args.eval_n_prompts, 1), "--eval-gamma": (args.eval_gamma, 1),
+                "--eval-max-new-tokens": (args.eval_max_new_tokens, 1)}
+    for flag, (value, minimum) in at_least.items():
+        if value is not None and value < minimum:
+            raise ValueError(f"{flag} must be >= {minimum}, got {value}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise ValueError(f"--lr must be a positive number, got {args.lr}")
+    if not (math.isfinite(args.grad_clip) and args.grad_clip > 0) or not args.weight_decay >= 0:
+        raise ValueError(f"--grad-clip must be > 0 and --weight-decay >= 0, got {args.grad_clip} and {args.weight_decay}")
+    if (args.preset is None) == (args.init is None):
+        raise ValueError("give exactly one of --preset (train from scratch) or --init (continue from a checkpoint)")
+    if args.preset is not None:
+        get_config(args.preset)                 # an unknown preset names the valid ones
+    if args.mode == "distill":
+        if not args.teacher:
+            raise ValueError("--mode distill needs --teacher (the target model)")
+        get_loss(args.loss)                     # an unknown loss names the valid ones
+
+
 def main(argv=None):
     args = parse_args(argv)
+    check_args(args)
     rank, world, device = init_distributed(args.device)
     is_main = rank == 0
+    prepare_run_dir(args.out)
     torch.manual_seed(args.seed)
     tok = load_tokenizer(args.tokenizer)
     args.eos_id = tok.eos_id
 
     # --- the model being trained, and the frozen target for distillation / evaluation ---
-    if (args.preset is None) == (args.init is None):
-        raise ValueError("give exactly one of --preset (train from scratch) or --init (continue from a checkpoint)")
     model = (load_model(args.init, device) if args.init
              else Llama(get_config(args.preset, vocab_size=tok.vocab_size)).to(device))
     check_vocab(tok, model.config.vocab_size, args.init or f"preset {args.preset}")
     teacher, loss_fn = None, None
     if args.mode == "distill":
-        if not args.teacher:
-            raise ValueError("--mode distill needs --teacher (the target model)")
         loss_fn = get_loss(args.loss)
         teacher = load_model(args.teacher, device).requires_grad_(False)
         check_vocab(tok, teacher.config.vocab_size, args.teacher)
-    eval_target = teacher if teacher is not None else (load_model(args.eval_target, device) if args.eval_target else None)
-    eval_pair = None
+    eval_target, eval_pair = teacher, None
+    if eval_target is None and args.eval_target:
+        eval_target = load_model(args.eval_target, device)
+        check_vocab(tok, eval_target.config.vocab_size, args.eval_target)
     if eval_target is not None and args.eval_prompts:
         records = load_jsonl_prompts(args.eval_prompts)[: args.eval_n_prompts]
-        eval_pair = (eval_target, [chat_prompt(tok, r["prompt"], r.get("system")) for r in records])
+        prompts = [chat_prompt(tok, r["prompt"], r.get("system")) for r in records]
+        context = min(model.config.max_seq_len, eval_target.config.max_seq_len)
+        for i, prompt in enumerate(prompts):
+            if len(prompt) + args.eval_max_new_tokens > context:
+                raise ValueError(f"{args.eval_prompts}: prompt {i + 1} has {len(prompt)} tokens, too many for "
+                                 f"--eval-max-new-tokens {args.eval_max_new_tokens} in a context of {context}; "
+                                 f"shorten it or lower --eval-max-new-tokens")
+        eval_pair = (eval_target, prompts)
 
     # --- data ---
     max_len = args.max_len or model.config.max_seq_len
     if max_len > model.config.max_seq_len:
         raise ValueError(f"--max-len {max_len} exceeds the model's context ({model.config.max_seq_len})")
-    train_examples, eval_examples = split_examples(load_examples(args.data.split(","), tok, max_len))
+    examples = load_examples(args.data.split(","), tok, max_len)
+    train_examples, eval_examples = split_examples(examples)
     micro_batch = args.micro_batch_size or max(1, args.batch_size // world)
     if args.batch_size % (world * micro_batch) != 0:
         raise ValueError(f"--batch-size {args.batch_size} must be a multiple of world size ({world}) "
@@ -274,18 +394,39 @@ def main(argv=None):
 
     # --- optimizer, resume ---
     optimizer = make_optimizer(model, args.lr, args.weight_decay, device)
-    os.makedirs(args.out, exist_ok=True)
-    ckpt_path, step = os.path.join(args.out, "ckpt.pt"), 0
+    ckpt_path, log_path, step = os.path.join(args.out, "ckpt.pt"), os.path.join(args.out, "log.jsonl"), 0
+    settings = run_settings(args, examples)
     if os.path.exists(ckpt_path):
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        ckpt = load_checkpoint(ckpt_path, device)
         if ckpt["config"] != asdict(model.config):
-            raise ValueError(f"{ckpt_path} was trained with model config {ckpt['config']}, not "
-                             f"{asdict(model.config)}; use another --out or the matching --preset/--init")
+            raise ValueError(f"{ckpt_path} holds a model of another config ({differences(ckpt['config'], asdict(model.config))}); "
+                             "use the --preset/--init it was trained with, or another --out")
+        if ckpt["settings"] != settings:
+            raise ValueError(f"{ckpt_path} belongs to a run with other settings ({differences(ckpt['settings'], settings)}); "
+                             f"rerun the original command to resume it, or use another --out "
+                             f"(with --init {os.path.join(args.out, 'model')} to start from its weights)")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rng"]["cpu"].cpu())
+        if device.type == "cuda" and ckpt["rng"]["cuda"] is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), device)
         step = ckpt["step"]
+        del ckpt
         if is_main:
             print(f"resuming from {ckpt_path} at step {step}")
+    if world > 1:
+        # Rank 0 alone writes ckpt.pt but every rank reads it, so every rank must see the same
+        # file: with --out on one host's local disk, the other hosts' ranks would start over at
+        # step 0 and train on other batches with other optimizer states until they hang.
+        steps = [None] * world
+        dist.all_gather_object(steps, step)
+        if len(set(steps)) > 1:
+            raise ValueError(f"the ranks found different checkpoints in {ckpt_path} (the step of rank r "
+                             f"is entry r of {steps}); on several hosts, put --out on a filesystem "
+                             "that every host shares")
+    saved_step = step if os.path.exists(ckpt_path) else None
+    if is_main:
+        trim_log(log_path, step)
     train_model = torch.compile(model) if args.compile else model
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(train_model)
@@ -295,15 +436,23 @@ def main(argv=None):
               f"accumulation = {args.batch_size} sequences per step, device {device}")
 
     def save_checkpoint():
-        if is_main:
-            atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "step": step, "config": asdict(model.config)}, ckpt_path)
-            save_model(model, os.path.join(args.out, "model"))
+        if not is_main:
+            return
+        rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+        try:
+            save_model(model, os.path.join(args.out, "model"))      # first: ckpt.pt is the commit point
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                     "config": asdict(model.config), "settings": settings, "rng": rng}
+            replace_atomically(ckpt_path, lambda tmp: torch.save(state, tmp))   # never a torn ckpt.pt
+        except OSError as error:                                    # e.g. a full disk
+            last = f"step {saved_step}" if saved_step is not None else "the start"
+            raise ValueError(f"cannot save the checkpoint of step {step} in {args.out} ({error.strerror}); "
+                             f"make room and run the same command again: it resumes from {last}") from None
 
     def log(record: dict):
         if is_main:
             print(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()), flush=True)
-            with open(os.path.join(args.out, "log.jsonl"), "a") as f:
+            with open(log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
     model.train()
@@ -333,10 +482,16 @@ def main(argv=None):
             tokens_seen += inputs.numel() * world
         if world > 1:
             dist.all_reduce(step_loss)
-        if not torch.isfinite(step_loss):
-            raise ValueError(f"the loss became {step_loss.item()} at step {step}; lower --lr or check the "
-                             f"data. The last good checkpoint in {args.out} is kept.")
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        # Stop BEFORE the optimizer step: a non-finite gradient would poison the weights (and
+        # the next checkpoint). Every rank sees the same all-reduced loss and gradients.
+        if not (torch.isfinite(step_loss) and torch.isfinite(grad_norm)):
+            kept = (f"the last good checkpoint (step {saved_step}) stays in {ckpt_path}, and --init "
+                    f"{os.path.join(args.out, 'model')} starts from its weights" if saved_step is not None
+                    else "no checkpoint was written yet")
+            raise ValueError(f"training diverged at step {step + 1}: loss {step_loss.item():.4g}, gradient norm "
+                             f"{grad_norm.item():.4g} (learning rate {lr:.3g}); lower --lr or lengthen --warmup "
+                             f"(or check the data) and train into a new --out; {kept}")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -352,6 +507,7 @@ def main(argv=None):
                                               micro_batch, eval_pair, args)})
         if step % args.ckpt_interval == 0 or step == args.max_steps:
             save_checkpoint()
+            saved_step = step
     if step == start_step and is_main:
         print(f"{args.out} already finished {step} steps; nothing to do")
     if world > 1:

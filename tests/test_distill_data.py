@@ -25,16 +25,6 @@ GRID_ARGS = ([0.0, 1.0], [0.9, 1.0], [True, False])          # -> 6 settings (T=
 RUN = dict(max_new_tokens=10, batch_size=5, seed=0)          # 72 jobs -> 15 batches
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matmuls are fastest on one thread, and a busy 2-core machine makes OpenMP barriers
-    # very slow; the CLI subprocesses below get OMP_NUM_THREADS=1 so their floats match ours.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A trained SentencePiece tokenizer, 12 short seed prompts (half with their own system

@@ -37,14 +37,6 @@ from speculative import (block_stats, evaluate_pair, generate, generate_batch, m
 SIGNIFICANCE = 0.001   # chi-square tests: a correct implementation fails 1 time in 1000 seeds
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ----------------------------------------------------------------------------------------------
 # Models and statistics helpers
 # ----------------------------------------------------------------------------------------------
@@ -169,7 +161,8 @@ def test_chi_square_pools_rare_cells_and_rejects_impossible_ones():
     assert chi_square_p_value(torch.tensor([32, 16, 8, 0, 8, 0, 0]), probs) == pytest.approx(1.0)
     assert chi_square_p_value(torch.tensor([32, 16, 8, 4, 2, 1, 1]), probs) == 0.0   # impossible cell hit
     statistic = 12 ** 2 / 32 + 4 ** 2 / 16 + 8 ** 2 / 8 + 0                          # df = 4 cells - 1
-    assert chi_square_p_value(torch.tensor([20, 20, 16, 0, 8, 0, 0]), probs) == pytest.approx(chi2_sf(statistic, 3))
+    p_value = chi_square_p_value(torch.tensor([20, 20, 16, 0, 8, 0, 0]), probs)
+    assert p_value == pytest.approx(chi2_sf(statistic, 3))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -262,7 +255,9 @@ def test_generate_batch_cuts_each_row_at_its_own_eos():
 # ----------------------------------------------------------------------------------------------
 
 def test_verify_greedy_accepts_the_matching_prefix():
-    one_hot = lambda tokens: torch.nn.functional.one_hot(torch.tensor(tokens), 5).float()  # noqa: E731
+    def one_hot(tokens: list[int]) -> torch.Tensor:       # temperature 0: one-hot distributions
+        return torch.nn.functional.one_hot(torch.tensor(tokens), 5).float()
+
     draft_tokens = torch.tensor([2, 4, 1])
     target_probs = one_hot([2, 4, 3, 0])                   # agrees on 2 tokens, then wants 3
     assert verify(draft_tokens, one_hot([2, 4, 1]), target_probs) == (2, 3)
@@ -530,11 +525,14 @@ def test_measured_tau_and_alpha_match_the_iid_prediction():
 
 
 def test_block_stats_by_hand():
-    stats = block_stats([2, 0, 3], gamma=3, target_calls=3, draft_calls=9, seconds=0.5, n_tokens=8)
+    stats = block_stats([2, 0, 3], [3, 3, 3], gamma=3, target_calls=3, draft_calls=9, seconds=0.5, n_tokens=8)
     assert stats["block_efficiency"] == pytest.approx(8 / 3)            # (2+1 + 0+1 + 3+1) / 3 blocks
     assert stats["acceptance_rate"] == pytest.approx(5 / 7)             # tests: 3 + 1 + 3 (full block)
     assert (stats["target_calls"], stats["draft_calls"], stats["new_tokens"]) == (3, 9, 8)
-    assert math.isnan(block_stats([], 3, 0, 0, 0.0, 0)["block_efficiency"])
+    assert math.isnan(block_stats([], [], 3, 0, 0, 0.0, 0)["block_efficiency"])
+    # A short last block (drafted 1 at the end of a context) fully accepted made 1 test, not gamma.
+    short = block_stats([2, 1], [3, 1], gamma=3, target_calls=2, draft_calls=4, seconds=0.1, n_tokens=5)
+    assert short["acceptance_rate"] == pytest.approx(3 / 4)             # tests: 3 + 1
 
 
 def test_predicted_block_efficiency_by_hand():
@@ -562,7 +560,8 @@ def test_evaluate_pair_pools_runs_seeded_per_prompt():
     prompts, gamma = [[1], [2, 3], [4, 5, 6]], 2
     result = evaluate_pair(target, draft, prompts, gamma, 1.0, 10, seed=7, baseline=True)
     runs = [speculative_generate(target, draft, prompt, 10, gamma, 1.0,
-                                 generator=torch.Generator().manual_seed(7 + i))[1] for i, prompt in enumerate(prompts)]
+                                 generator=torch.Generator().manual_seed(7 + i))[1]   # seed + prompt index
+            for i, prompt in enumerate(prompts)]
     taus = [run["block_efficiency"] for run in runs]
     blocks = [n for run in runs for n in run["accepted_per_block"]]
     alpha = sum(blocks) / sum(n + 1 if n < gamma else n for n in blocks)
@@ -604,9 +603,22 @@ def test_draft_with_a_shorter_context_is_rejected():
     target = random_model(0, vocab_size=16)                # context 64
     draft = random_model(1, vocab_size=16, max_seq_len=16)
     with pytest.raises(ValueError, match="context is 16"):
-        speculative_generate(target, draft, [1, 2, 3, 4, 5], 12, gamma=2)   # 17 tokens > 16
-    tokens, _ = speculative_generate(target, draft, [1, 2], 12, gamma=2)   # 2 + 12 + gamma fits
+        speculative_generate(target, draft, [1, 2, 3, 4, 5], 12, gamma=2)   # 5 + 12 > 16
+    tokens, _ = speculative_generate(target, draft, [1, 2], 12, gamma=2)   # well inside both contexts
     assert tokens.numel() == 12
+
+
+def test_prompt_plus_max_new_tokens_equal_to_the_context_is_allowed():
+    """The issue's rule: refuse only prompt + max_new_tokens BEYOND a context, as generate does."""
+    target = random_model(0, vocab_size=16, max_seq_len=16)
+    draft = perturbed_copy(target, 0.3)
+    expected = generate(target, [1, 2], 14, temperature=0)                  # 2 + 14 = 16: generate accepts
+    try:
+        tokens, _ = speculative_generate(target, draft, [1, 2], 14, gamma=2, temperature=0)
+    except ValueError as error:
+        pytest.fail("prompt + max_new_tokens = 16 = the context, which generate accepts, must be accepted "
+                    f"by speculative_generate too (the last blocks draft fewer tokens): {error}")
+    assert tokens.tolist() == expected.tolist()
 
 
 @pytest.mark.parametrize("kwargs, message", [(dict(temperature=-0.5), "temperature"),

@@ -1,0 +1,293 @@
+"""Tests for train.py: the pure data functions (windows, masks, batches, schedule), and the run
+directory's promises: a run killed with SIGKILL resumes to the very weights, optimizer state and
+log of an uninterrupted run; --seed makes a run reproducible; a diverging run stops with the
+step and leaves the last good checkpoint untouched; a checkpoint of another run is refused with
+the differences named; loading never unpickles code."""
+
+import errno
+import json
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import data
+import train
+from model import Llama, get_config, save_model
+from speculative import run_cli
+from tokenizer import chat_example, chat_prompt, train_sentencepiece
+from train import (batch_indices, collate, learning_rate, load_examples, split_examples, trim_log)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny world's corpus and instructions, a trained tokenizer, short distillation records
+    and a tiny random teacher for them."""
+    root = tmp_path_factory.mktemp("train")
+    world = data.make_world(data.preset("tiny"))
+    data.write_world(world, str(root / "world"))
+    texts = world["corpus"] + [r["prompt"] + "\n" + r["response"] for r in world["instructions"]]
+    tok = train_sentencepiece(texts, str(root / "tokenizer.model"), vocab_size=320)
+    rng = random.Random(0)
+    records = []
+    for job in range(40):
+        cast = data.sample_cast(rng)
+        prompt_ids = chat_prompt(tok, f"Where is {cast['H']}?")
+        response_ids = tok.encode(f"{cast['H']} is in {cast['place']}.", eos=True)
+        records.append({"job": job, "prompt_ids": prompt_ids, "response_ids": response_ids})
+    (root / "distill.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    torch.manual_seed(1)
+    save_model(Llama(get_config("test", vocab_size=tok.vocab_size)), root / "teacher")
+    return {"root": root, "tok": tok, "world": world, "records": records}
+
+
+def pretrain_args(setup, out, **flags) -> list[str]:
+    values = {"--mode": "pretrain", "--preset": "test", "--data": str(setup["root"] / "world" / "corpus.txt"),
+              "--tokenizer": str(setup["root"] / "tokenizer.model"), "--out": str(out), "--max-len": "64",
+              "--max-steps": "24", "--batch-size": "8", "--micro-batch-size": "4", "--lr": "3e-3",
+              "--warmup": "4", "--log-interval": "1", "--eval-interval": "8", "--ckpt-interval": "3",
+              "--device": "cpu", **{f"--{k.replace('_', '-')}": str(v) for k, v in flags.items()}}
+    return [item for flag, value in values.items() for item in (flag, value)]
+
+
+def weights(out) -> dict[str, torch.Tensor]:
+    return load_file(os.path.join(out, "model", "model.safetensors"))
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+def training_log(out) -> list[dict]:
+    """log.jsonl without the wall-clock fields (throughput and ETA differ between any two runs)."""
+    with open(os.path.join(out, "log.jsonl")) as f:
+        return [{k: v for k, v in json.loads(line).items() if k not in ("tok/s", "eta")} for line in f]
+
+
+def checkpoint(out) -> dict:
+    return torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
+
+
+def assert_same_optimizer(a: dict, b: dict) -> None:
+    assert a["param_groups"] == b["param_groups"] and a["state"].keys() == b["state"].keys()
+    for i in a["state"]:
+        for key, value in a["state"][i].items():
+            assert torch.equal(value, b["state"][i][key]), (i, key)
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
+    """One uninterrupted pretraining run."""
+    out = setup["root"] / "reference"
+    train.main(pretrain_args(setup, out))
+    return out
+
+
+# ---------------------------------------------------------------------------- data functions
+
+def test_collate_shifts_pads_and_masks_exactly_the_trained_targets():
+    examples = [([1, 10, 11, 12, 13, 2], 3), ([1, 20, 2], 1)]
+    inputs, targets, mask = collate(examples, pad_id=3)
+    assert inputs.tolist() == [[1, 10, 11, 12, 13], [1, 20, 3, 3, 3]]
+    assert targets.tolist() == [[10, 11, 12, 13, 2], [20, 2, 3, 3, 3]]
+    # Row 0 trains ids[3:] = 12, 13, 2 (the "response"); row 1 everything after bos, no padding.
+    assert mask.tolist() == [[False, False, True, True, True], [True, True, False, False, False]]
+    assert targets[0][mask[0]].tolist() == examples[0][0][3:]
+
+
+def test_batch_indices_are_pure_permutations_per_epoch_and_depend_on_the_seed():
+    n, batch = 10, 4
+    stream = [i for step in range(5) for i in batch_indices(n, batch, seed=7, step=step)]   # 2 epochs
+    assert sorted(stream[:n]) == list(range(n)) and sorted(stream[n:2 * n]) == list(range(n))
+    assert stream[:n] != stream[n:2 * n]                                  # each epoch reshuffled
+    assert batch_indices(n, batch, 7, 3) == stream[12:16]                 # a pure function of (seed, step)
+    assert [batch_indices(n, batch, 8, s) for s in range(3)] != [stream[4 * s: 4 * s + 4] for s in range(3)]
+
+
+def test_learning_rate_warms_up_linearly_then_decays_by_cosine_to_the_floor():
+    lr, warmup, max_steps = 1e-3, 10, 110
+    assert learning_rate(0, max_steps, lr, warmup) == pytest.approx(lr / warmup)
+    assert learning_rate(warmup - 1, max_steps, lr, warmup) == pytest.approx(lr)
+    assert learning_rate(warmup, max_steps, lr, warmup) == pytest.approx(lr)
+    assert learning_rate(60, max_steps, lr, warmup) == pytest.approx(lr * (0.1 + 0.9 * 0.5))   # half way
+    assert learning_rate(max_steps, max_steps, lr, warmup) == pytest.approx(0.1 * lr)
+    decay = [learning_rate(s, max_steps, lr, warmup) for s in range(warmup, max_steps + 1)]
+    assert all(a > b for a, b in zip(decay, decay[1:]))
+
+
+def test_corpus_windows_cover_each_document_once(setup):
+    tok, max_len = setup["tok"], 64
+    examples = load_examples([str(setup["root"] / "world" / "corpus.txt")], tok, max_len)
+    first_doc = tok.encode(setup["world"]["corpus"][0], bos=True, eos=True)
+    windows = []
+    for ids, loss_start in examples:
+        assert loss_start == 1 and 2 <= len(ids) <= max_len
+        windows.append(ids)
+        if ids[-1] == tok.eos_id:
+            break
+    # Consecutive windows share one token (the last input of one is the first of the next),
+    # so every token after bos is a target exactly once.
+    assert windows[0] + [t for w in windows[1:] for t in w[1:]] == first_doc
+    assert len(windows) > 1
+
+
+def test_chat_and_distill_examples_train_exactly_the_response(setup):
+    tok, root = setup["tok"], setup["root"]
+    chat = load_examples([str(root / "world" / "instructions.jsonl")], tok, 1024)
+    for record, (ids, response_start) in zip(setup["world"]["instructions"], chat):
+        assert (ids, response_start) == chat_example(tok, record["prompt"], record["response"], record["system"])
+    distill = load_examples([str(root / "distill.jsonl")], tok, 64)
+    assert distill == [(r["prompt_ids"] + r["response_ids"], len(r["prompt_ids"])) for r in setup["records"]]
+    for examples in (chat[:4], distill[:4]):
+        _, targets, mask = collate(examples, tok.pad_id)
+        for row, (ids, response_start) in enumerate(examples):
+            assert targets[row][mask[row]].tolist() == ids[response_start:]       # the response, eos included
+    with pytest.raises(ValueError, match="exceeds --max-len 64"):
+        load_examples([str(root / "world" / "instructions.jsonl")], tok, 64)
+
+
+def test_split_examples_holds_out_every_50th():
+    train_part, held_out = split_examples(list(range(120)))
+    assert held_out == [0, 50, 100] and sorted(train_part + held_out) == list(range(120))
+
+
+def test_trim_log_keeps_complete_records_up_to_the_checkpoint(tmp_path):
+    path = tmp_path / "log.jsonl"
+    lines = [json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (1, 2, 2, 3)]
+    path.write_text("".join(lines) + '{"step": 4, "lo')          # a line torn by a kill
+    trim_log(str(path), 2)
+    assert path.read_text() == "".join(lines[:3])
+    trim_log(str(path), 0)
+    assert path.read_text() == ""
+
+
+# ---------------------------------------------------------------------------- the run directory
+
+def test_sigkilled_run_resumes_to_the_uninterrupted_weights_optimizer_and_log(setup, reference, tmp_path):
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    process = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *pretrain_args(setup, out)],
+                               cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Kill after reading the line of a step 2 past a checkpoint (every 3 steps): the log then
+    # holds steps the checkpoint lacks, which the resumed run must not log twice.
+    kill_after = random.Random(0).choice([5, 8, 11])
+    for line in process.stdout:
+        if line.startswith("step ") and int(line.split()[1]) >= kill_after:
+            process.send_signal(signal.SIGKILL)      # anywhere: mid-step, mid-log or mid-checkpoint
+            break
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    assert 3 <= checkpoint(out)["step"] < 24
+    train.main(pretrain_args(setup, out))            # the same command again
+    assert checkpoint(out)["step"] == 24
+    assert_same_weights(weights(out), weights(reference))
+    assert_same_optimizer(checkpoint(out)["optimizer"], checkpoint(reference)["optimizer"])
+    assert training_log(out) == training_log(reference)         # no step twice, none lost
+    assert sorted(os.listdir(out)) == ["ckpt.pt", "log.jsonl", "model"]
+
+
+def test_seed_makes_a_run_reproducible(setup, reference, tmp_path):
+    train.main(pretrain_args(setup, tmp_path / "same"))
+    assert_same_weights(weights(tmp_path / "same"), weights(reference))
+    train.main(pretrain_args(setup, tmp_path / "other", seed=1))
+    other = weights(tmp_path / "other")
+    assert not torch.equal(other["output.weight"], weights(reference)["output.weight"])
+
+
+def test_distillation_resumes_exactly_with_an_on_policy_loss(setup, tmp_path, monkeypatch):
+    """The on-policy loss samples from the draft with a per-step generator: a crash after a
+    checkpoint must not change which samples the resumed steps draw."""
+    args = pretrain_args(setup, tmp_path / "whole", mode="distill", loss="tvdpp_onpolicy",
+                         teacher=setup["root"] / "teacher", data=setup["root"] / "distill.jsonl", max_steps=8)
+    train.main(args)
+    crashed = [tmp_path / "crashed" if a == str(tmp_path / "whole") else a for a in args]
+    schedule = train.learning_rate
+
+    def crash_at_step_5(step, *rest):
+        if step == 5:
+            raise KeyboardInterrupt                  # after the checkpoint of step 3, mid-run
+        return schedule(step, *rest)
+
+    monkeypatch.setattr(train, "learning_rate", crash_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train.main([str(a) for a in crashed])
+    monkeypatch.setattr(train, "learning_rate", schedule)
+    train.main([str(a) for a in crashed])
+    assert_same_weights(weights(tmp_path / "crashed"), weights(tmp_path / "whole"))
+    assert training_log(tmp_path / "crashed") == training_log(tmp_path / "whole")
+
+
+def run_error(argv, capsys) -> str:
+    """Run train.py's command line in-process; return its one-line error message."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(train.main, [str(a) for a in argv])
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 2 and stderr.startswith("error: ") and stderr.count("\n") == 1
+    return stderr
+
+
+def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(setup, tmp_path, capsys):
+    # A learning rate that grows by 10 per step (warm-up toward 1e4) makes the gradient
+    # non-finite at step 5, just after the checkpoint of step 4.
+    args = pretrain_args(setup, tmp_path, lr=1e4, warmup=1000, ckpt_interval=2)
+    message = run_error(args, capsys)
+    assert "diverged at step 5" in message and "lower --lr" in message and "(step 4)" in message
+    ckpt = tmp_path / "ckpt.pt"
+    before = (ckpt.read_bytes(), ckpt.stat().st_mtime_ns)
+    assert run_error(args, capsys) == message        # resumed from step 4, diverged again ...
+    assert (ckpt.read_bytes(), ckpt.stat().st_mtime_ns) == before       # ... and left it alone
+    state = checkpoint(tmp_path)["model"]
+    assert all(torch.isfinite(t).all() for t in state.values())
+    assert_same_weights(weights(tmp_path), {k: v for k, v in state.items()})
+    assert [r["step"] for r in training_log(tmp_path)] == [1, 2, 3, 4]
+
+
+def test_a_checkpoint_of_another_run_is_refused_with_the_differences_named(setup, reference, tmp_path, capsys):
+    out = tmp_path / "run"
+    train.main(pretrain_args(setup, out, max_steps=2))
+    message = run_error([*pretrain_args(setup, out, max_steps=2, preset="cpu-draft")], capsys)
+    assert "another config" in message and "dim: 32 in the checkpoint, 128 now" in message
+    assert "vocab_size" not in message                            # only what differs
+    message = run_error([*pretrain_args(setup, out, max_steps=2, seed=1, lr=1e-3)], capsys)
+    assert "seed: 0 in the checkpoint, 1 now" in message and "lr: 0.003 in the checkpoint, 0.001 now" in message
+    assert "batch_size" not in message
+
+
+def test_a_damaged_or_malicious_checkpoint_is_refused_without_running_code(setup, tmp_path, capsys):
+    class Payload:
+        def __reduce__(self):            # unpickling this would create a file
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    (tmp_path / "ckpt.pt").write_bytes(pickle.dumps({"model": Payload()}, protocol=2))
+    message = run_error(pretrain_args(setup, tmp_path), capsys)
+    assert "ckpt.pt cannot be read" in message and not (tmp_path / "pwned").exists()
+    torch.save({"model": {}}, tmp_path / "ckpt.pt")
+    assert "lacks ['optimizer'" in run_error(pretrain_args(setup, tmp_path), capsys)
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_says_how_to_go_on(setup, tmp_path, capsys, monkeypatch):
+    real_save = torch.save
+    saves = []
+
+    def save_until_the_disk_is_full(obj, f):
+        saves.append(obj["step"])
+        if len(saves) == 2:                      # the second checkpoint (step 4) does not fit
+            with open(f, "wb") as partial:       # the temp file the atomic write is filling
+                partial.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, f)
+
+    monkeypatch.setattr(torch, "save", save_until_the_disk_is_full)
+    message = run_error(pretrain_args(setup, tmp_path, ckpt_interval=2), capsys)
+    assert "cannot save the checkpoint of step 4" in message and "(No space left on device)" in message
+    assert "it resumes from step 2" in message
+    assert checkpoint(tmp_path)["step"] == 2 and not list(tmp_path.glob("ckpt.pt*.tmp"))
