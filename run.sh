@@ -19,10 +19,10 @@ SEED=${SEED:-0}
 RUN=${RUN:-runs/$PRESET}
 # Each knob can be overridden from the environment, e.g. TARGET_STEPS=100 bash run.sh
 case "$PRESET" in
-  cpu)  # sized for ~15 minutes on 2 CPU cores
-    : "${VOCAB:=1024}" "${TARGET_STEPS:=400}" "${DRAFT_STEPS:=500}" "${DISTILL_STEPS:=150}" "${BATCH:=32}"
+  cpu)  # sized for under 20 minutes on 2 CPU cores
+    : "${VOCAB:=1024}" "${TARGET_STEPS:=350}" "${DRAFT_STEPS:=500}" "${DISTILL_STEPS:=150}" "${BATCH:=32}"
     : "${LOSSES:=kld tvd tvdpp}" "${SETTINGS_PER_PROMPT:=2}" "${GEN_BATCH:=64}" "${MAX_NEW:=128}"
-    : "${EVAL_GAMMAS:=2,4,6}" "${EVAL_PROMPTS:=10}" "${EVAL_MAX_NEW:=48}" "${DEVICE:=cpu}" ;;
+    : "${EVAL_GAMMAS:=2,4,6}" "${EVAL_PROMPTS:=8}" "${EVAL_MAX_NEW:=48}" "${DEVICE:=cpu}" ;;
   gpu)  # sized for ~8 minutes on one H100
     : "${VOCAB:=1024}" "${TARGET_STEPS:=1500}" "${DRAFT_STEPS:=1500}" "${DISTILL_STEPS:=600}" "${BATCH:=64}"
     : "${LOSSES:=kld tvd tvdpp}" "${SETTINGS_PER_PROMPT:=1}" "${GEN_BATCH:=256}" "${MAX_NEW:=192}"
