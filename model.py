@@ -359,7 +359,7 @@ class Llama(nn.Module):
         return self.output(self.norm(x))                                        # (B, T, vocab_size)
 
     # --- Fast decoding on a GPU: CUDA graphs (opt-in) ----------------------------------------
-    # A decode step of a 7B model launches ~600 small kernels; at batch 1 each is so short that
+    # A decode step of a 7B model launches hundreds of small kernels; at batch 1 each is so short that
     # the CPU cannot launch them as fast as the GPU runs them, and the GPU idles. A CUDA graph
     # records the whole step's kernels once and replays them with ONE launch. It replays the
     # exact recorded memory addresses, which is why the KV cache is preallocated (static): the

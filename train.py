@@ -479,7 +479,7 @@ def main(argv=None):
                 loss = objective(train_model, teacher, loss_fn, inputs, targets, mask, generator)
                 (loss * share * world).backward()
             step_loss += loss.detach() * share
-            tokens_seen += inputs.numel() * world
+            tokens_seen += inputs.numel() * world      # processed tokens, padding included (tok/s)
         if world > 1:
             dist.all_reduce(step_loss)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
