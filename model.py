@@ -183,7 +183,12 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 # ----------------------------------------------------------------------------------------------
 
 class KVCache:
-    """Preallocated keys and values of every layer: (n_layers, B, n_kv_heads, max_len, head_dim).
+    """Preallocated keys and values: one (B, n_kv_heads, max_len, head_dim) tensor per layer.
+
+    One tensor per layer rather than one (n_layers, ...) tensor: torch.compile writes new keys
+    into a whole tensor in place, but into a slice of a bigger tensor by copying all of it. On
+    an H100 a compiled 7B decode step took 7.77 ms with one big tensor, 6.30 ms with one per
+    layer (BENCHMARKS.md).
 
     `start[b]` is the first real slot of row b. Batched generation of prompts of different
     lengths LEFT-pads them to a common length, so that every row's next token goes into the
@@ -194,9 +199,9 @@ class KVCache:
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  start: torch.Tensor | None = None):
-        shape = (config.n_layers, batch_size, config.n_kv_heads, max_len, config.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (batch_size, config.n_kv_heads, max_len, config.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
         self.start = (torch.zeros(batch_size, dtype=torch.long, device=device) if start is None
                       else start.to(device=device, dtype=torch.long))
         self.max_len = max_len
@@ -244,12 +249,18 @@ class Attention(nn.Module):
         self.wk = nn.Linear(config.dim, config.n_kv_heads * self.head_dim, bias=False)
         self.wv = nn.Linear(config.dim, config.n_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(config.n_heads * self.head_dim, config.dim, bias=False)
+        self.wqkv = None   # [wq; wk; wv] as one matrix, once Llama.fuse_projections() is called
 
     def forward(self, x, cos, sin, cache=None, input_pos=None, mask=None):
         B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)     # (B, H, T, hd)
-        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
+        if self.wqkv is None:
+            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        else:   # the same three products as ONE matrix-vector product (Llama.fuse_projections)
+            q, k, v = F.linear(x, self.wqkv).split(
+                [self.wq.out_features, self.wk.out_features, self.wv.out_features], dim=-1)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)        # (B, H, T, hd)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)     # (B, Hkv, T, hd)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)     # (B, Hkv, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is None:
             # Training / scoring a whole sequence: plain causal attention over these T tokens.
@@ -271,9 +282,14 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(config.dim, config.ffn_dim, bias=False)   # gate ("gate_proj")
         self.w3 = nn.Linear(config.dim, config.ffn_dim, bias=False)   # up   ("up_proj")
         self.w2 = nn.Linear(config.ffn_dim, config.dim, bias=False)   # down ("down_proj")
+        self.w13 = None    # [w1; w3] as one matrix, once Llama.fuse_projections() is called
 
     def forward(self, x):
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        if self.w13 is None:
+            gate, up = self.w1(x), self.w3(x)
+        else:   # both products as ONE (Llama.fuse_projections)
+            gate, up = F.linear(x, self.w13).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
 
 
 class TransformerBlock(nn.Module):
@@ -321,9 +337,26 @@ class Llama(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def new_cache(self, batch_size: int, max_len: int, start: torch.Tensor | None = None) -> KVCache:
-        """A cache on this model's device and dtype for `batch_size` rows of up to `max_len` slots."""
+        """A cache on this model's device and dtype for `batch_size` rows of at least `max_len` slots."""
         weight = self.tok_embeddings.weight
-        return KVCache(self.config, batch_size, max_len, weight.device, weight.dtype, start)
+        if self.graphs is None:
+            return KVCache(self.config, batch_size, max_len, weight.device, weight.dtype, start)
+        # CUDA graphs replay fixed addresses, so graphs recorded for one cache only serve that
+        # cache. A graphed model therefore keeps ONE cache and hands it out again to every call
+        # that fits in it (re-recording per call would cost more than it saves). Its length is
+        # rounded up to 64 slots so prompts of similar lengths share it; slots past a call's
+        # positions are masked (see KVCache), and `start` is overwritten in place because the
+        # recorded graphs read it from its address.
+        cache = self.graphs.get("cache")
+        if cache is None or cache.start.numel() != batch_size or cache.max_len < max_len:
+            slots = max(max_len, min(-(-max_len // 64) * 64, self.config.max_seq_len))
+            cache = KVCache(self.config, batch_size, slots, weight.device, weight.dtype)
+            self.graphs["cache"] = cache
+        if start is None:
+            cache.start.zero_()
+        else:
+            cache.start.copy_(start)
+        return cache
 
     def forward(self, tokens: torch.Tensor, cache: KVCache | None = None,
                 input_pos: torch.Tensor | None = None) -> torch.Tensor:
@@ -358,7 +391,7 @@ class Llama(nn.Module):
             x = layer(x, cos, sin, cache, input_pos, mask)
         return self.output(self.norm(x))                                        # (B, T, vocab_size)
 
-    # --- Fast decoding on a GPU: CUDA graphs (opt-in) ----------------------------------------
+    # --- Fast decoding on a GPU (opt-in): fused projections, CUDA graphs, torch.compile -------
     # A decode step of a 7B model launches hundreds of small kernels; at batch 1 each is so short that
     # the CPU cannot launch them as fast as the GPU runs them, and the GPU idles. A CUDA graph
     # records the whole step's kernels once and replays them with ONE launch. It replays the
@@ -366,13 +399,48 @@ class Llama(nn.Module):
     # step reads its inputs from, and writes its logits to, fixed buffers. Long inputs (a
     # prompt's prefill) are not worth a graph and run eagerly.
 
+    @torch.no_grad()
+    def fuse_projections(self) -> "Llama":
+        """Store wq, wk, wv of every layer as row blocks of ONE matrix, and w1, w3 likewise.
+
+        At batch 1 each projection is a matrix-vector product that reads its whole matrix, so
+        one product over the stacked matrix reads the same bytes with one kernel instead of
+        three (two): fewer and larger kernels, which decoding needs (BENCHMARKS.md measures it).
+        The parameters keep their names and shapes, now as views into the stacked matrix, so
+        state_dict(), save_model and export_hf see the usual Llama weights. For inference:
+        call it after .to(device, dtype) (which would copy the views apart again).
+        """
+        def stack(linears: list[nn.Linear]) -> torch.Tensor:
+            stacked = torch.cat([linear.weight for linear in linears])          # (sum of outs, in)
+            first = 0
+            for linear in linears:
+                rows = linear.out_features
+                linear.weight = nn.Parameter(stacked[first: first + rows], requires_grad=False)
+                first += rows
+            return stacked
+
+        for layer in self.layers:
+            attention, feed_forward = layer.attention, layer.feed_forward
+            attention.wqkv = stack([attention.wq, attention.wk, attention.wv])
+            feed_forward.w13 = stack([feed_forward.w1, feed_forward.w3])
+        return self
+
     def enable_cuda_graphs(self, max_tokens: int = 16, compile: bool = False) -> "Llama":
         """Replay decode steps of at most `max_tokens` new tokens from CUDA graphs. With
         compile=True the step is first fused by torch.compile (fewer, larger kernels), then
         recorded. The logits a replayed step returns are overwritten by the next step."""
         if not torch.cuda.is_available():
-            raise ValueError("CUDA graphs need a CUDA GPU; run without --compile on this machine")
-        step = torch.compile(self.forward_eager, fullgraph=True) if compile else self.forward_eager
+            raise ValueError("CUDA graphs need a CUDA GPU; run without --cuda-graphs on this machine")
+        # Move the RoPE tables now: moving them inside the first recorded step would make
+        # torch.compile recompile (and so run code) while a graph is being recorded.
+        device = self.tok_embeddings.weight.device
+        self.rope_cos, self.rope_sin = self.rope_cos.to(device), self.rope_sin.to(device)
+        step = torch.compile(self.forward_eager, fullgraph=True, dynamic=False) if compile else self.forward_eager
+        if compile:
+            # torch.compile makes one version of forward_eager per model and input shape, and by
+            # default refuses a 9th (an error with fullgraph=True). A target and a draft with
+            # decode, verify and short-prompt shapes each need more: allow one per graph.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         self.graphs = {"max_tokens": max_tokens, "step": step, "recorded": {}}
         return self
 

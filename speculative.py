@@ -78,9 +78,18 @@ def sample_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | No
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token per row of probs (..., V) -> (...). No host synchronisation."""
-    flat = probs.reshape(-1, probs.shape[-1])
-    return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+    """One token per row of probs (..., V) -> (...), without waiting for the GPU.
+
+    The exponential race: draw E_x ~ Exp(1) independently for every token x; the token with
+    the largest p(x) / E_x is x with probability exactly p(x) (E_x / p(x) ~ Exp(p(x)), and the
+    smallest of independent exponentials is the one of rate p(x) with probability p(x) / sum p).
+    It is the Gumbel-max trick in another form (-log E_x is a Gumbel variable). Tokens of
+    probability 0 score 0 and are never chosen. torch.multinomial draws the same way but first
+    checks the probabilities with .item(), a host synchronisation at every token that stops
+    the CPU from queueing the next decode steps while the GPU works (gpt-fast avoids it alike).
+    """
+    races = torch.empty_like(probs).exponential_(generator=generator)      # E_x ~ Exp(1), > 0
+    return (probs / races).argmax(dim=-1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,6 +123,10 @@ def generate_batch(model: Llama, prompts: list[list[int]], max_new_tokens: int,
     cache = model.new_cache(B, P + max_new_tokens, start=start)
     logits = model(padded, cache, torch.arange(P, device=device))[:, -1]              # (B, V)
     new_tokens, finished = [], torch.zeros(B, dtype=torch.bool, device=device)
+    # The slot of each new token, made on the device once: building it from a Python int every
+    # step (torch.tensor([...], device=...)) would be a blocking host-to-device copy, which waits
+    # for the GPU to finish the previous step and so stops the CPU from queueing work ahead.
+    slots = torch.arange(P, P + max_new_tokens, device=device)
     for step in range(max_new_tokens):
         next_token = sample(sample_probs(logits, temperature, top_k, top_p), generator)  # (B,)
         new_tokens.append(next_token)
@@ -122,8 +135,7 @@ def generate_batch(model: Llama, prompts: list[list[int]], max_new_tokens: int,
             if bool(finished.all()):                       # one sync per step, only when EOS can stop us
                 break
         if step + 1 < max_new_tokens:
-            input_pos = torch.tensor([P + step], device=device)
-            logits = model(next_token[:, None], cache, input_pos)[:, -1]
+            logits = model(next_token[:, None], cache, slots[step: step + 1])[:, -1]
     rows = torch.stack(new_tokens, dim=1).tolist() if new_tokens else [[] for _ in prompts]
     return [row[: row.index(eos_id) + 1] if eos_id in row else row for row in rows]
 
@@ -191,6 +203,9 @@ def speculative_generate(target: Llama, draft: Llama, prompt_ids, max_new_tokens
     """
     check_pair(target, draft, gamma)
     check_sampling(temperature, top_k, top_p)
+    if draft is target and target.graphs is not None:
+        raise ValueError("a CUDA-graphed model keeps one KV cache, so it cannot be both target and "
+                         "draft; pass a separate copy of the model as the draft")
     device = target.tok_embeddings.weight.device
     seq = torch.as_tensor(prompt_ids, dtype=torch.long, device=device).flatten()
     P = seq.numel()
@@ -203,9 +218,10 @@ def speculative_generate(target: Llama, draft: Llama, prompt_ids, max_new_tokens
     context = min(target.config.max_seq_len, draft.config.max_seq_len)
     n_slots = min(P + max_new_tokens + gamma - 1, context)
     target_cache, draft_cache = target.new_cache(1, n_slots), draft.new_cache(1, n_slots)
+    slots = torch.arange(n_slots, device=device)      # cache slots; slices of it are free (views)
 
     def positions(first: int, count: int) -> torch.Tensor:
-        return torch.arange(first, first + count, device=device)
+        return slots[first: first + count]
 
     synchronize(device)
     started = time.perf_counter()
@@ -377,6 +393,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, choices=[None, "float32", "bfloat16", "float16"])
     parser.add_argument("--cuda-graphs", action="store_true", help="replay decode steps from CUDA graphs (GPU)")
+    parser.add_argument("--compile", action="store_true",
+                        help="with --cuda-graphs: fuse the projections and torch.compile each step before "
+                             "recording it (the fastest path; compiling takes a minute or two)")
     parser.add_argument("--bench", action="store_true", help="table over --prompts x --gammas x --temperatures")
     parser.add_argument("--prompts", help="JSONL file of {\"prompt\": ..., \"system\": optional} for --bench")
     parser.add_argument("--gammas", default="1,2,3,4,6,8")
@@ -398,6 +417,8 @@ def main(argv: list[str] | None = None) -> None:
         raise ValueError("--bench needs --prompts FILE.jsonl")
     if not args.bench and not args.prompt:
         raise ValueError("give --prompt \"...\" (or --bench --prompts FILE.jsonl)")
+    if args.compile and not args.cuda_graphs:
+        raise ValueError("--compile speeds up the CUDA-graph path: add --cuda-graphs (GPU only)")
     dtype = getattr(torch, args.dtype) if args.dtype else None
     target = load_model(args.target, args.device, dtype)
     draft = load_model(args.draft, args.device, dtype)
@@ -405,8 +426,10 @@ def main(argv: list[str] | None = None) -> None:
     check_vocab(tok, target.config.vocab_size, args.target)
     check_pair(target, draft, args.gamma)
     if args.cuda_graphs:
-        target.enable_cuda_graphs()
-        draft.enable_cuda_graphs()
+        for model in (target, draft):
+            if args.compile:
+                model.fuse_projections()
+            model.enable_cuda_graphs(compile=args.compile)
 
     def encode(prompt: str, system: str | None) -> list[int]:
         return chat_prompt(tok, prompt, system) if args.chat else tok.encode(prompt, bos=True)

@@ -182,6 +182,7 @@ CASES = [
     ("speculative", {"--top-p": "1.5"}, "top_p must be in (0, 1]"),
     ("distill_data", {"--top-ps": "1.5"}, "top_p must be in (0, 1]"),
     ("speculative", {"--top-k": "0"}, "top_k must be >= 1"),
+    ("speculative", {"--compile": True}, "--compile speeds up the CUDA-graph path: add --cuda-graphs"),
     # an empty or malformed prompts file, with the line number
     ("speculative", {"--bench": True, "--prompts": "{empty}"}, "JSONL file is empty"),
     ("speculative", {"--bench": True, "--prompts": "{malformed}"}, "malformed.jsonl:2: invalid JSON"),

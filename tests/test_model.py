@@ -148,6 +148,27 @@ def padded_batch_logits(model: Llama, prompts: list[torch.Tensor], continuations
     return torch.cat([prefill, steps], dim=1), start
 
 
+@pytest.mark.parametrize("n_kv_heads", [4, 2])
+def test_fused_projections_change_nothing_but_the_kernels(n_kv_heads, tmp_path):
+    """fuse_projections: same logits (full pass and cached decoding), same parameter names and
+    shapes (views into the stacked matrices), and a checkpoint that loads unfused."""
+    from model import load_model, save_model
+    model = random_model(n_kv_heads=n_kv_heads)
+    tokens = random_tokens(2, 12, model.config.vocab_size)
+    shapes = {name: p.shape for name, p in model.named_parameters()}
+    with torch.no_grad():
+        full, cached = model(tokens), decode_in_chunks(model, tokens, [5, 1, 1, 3, 2])
+        model.fuse_projections()
+        torch.testing.assert_close(model(tokens), full, atol=ATOL, rtol=0)
+        torch.testing.assert_close(decode_in_chunks(model, tokens, [5, 1, 1, 3, 2]), cached, atol=ATOL, rtol=0)
+    assert {name: p.shape for name, p in model.named_parameters()} == shapes
+    attention = model.layers[1].attention
+    assert attention.wk.weight.data_ptr() == attention.wqkv[attention.wq.out_features:].data_ptr()  # a view
+    save_model(model, tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(tmp_path)(tokens), full, atol=0, rtol=0)
+
+
 def test_left_padded_batch_matches_unpadded_rows():
     model = random_model()
     vocab = model.config.vocab_size
