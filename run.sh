@@ -22,11 +22,11 @@ case "$PRESET" in
   cpu)  # sized for under 20 minutes on 2 CPU cores
     : "${VOCAB:=1024}" "${TARGET_STEPS:=350}" "${DRAFT_STEPS:=500}" "${DISTILL_STEPS:=150}" "${BATCH:=32}"
     : "${LOSSES:=kld tvd tvdpp}" "${SETTINGS_PER_PROMPT:=2}" "${GEN_BATCH:=64}" "${MAX_NEW:=128}"
-    : "${EVAL_GAMMAS:=2,4,6}" "${EVAL_PROMPTS:=8}" "${EVAL_MAX_NEW:=48}" "${DEVICE:=cpu}" ;;
-  gpu)  # sized for ~8 minutes on one H100
+    : "${EVAL_GAMMAS:=2,4,6}" "${EVAL_PROMPTS:=8}" "${EVAL_MAX_NEW:=48}" "${DEVICE:=cpu}" "${CKPT_INTERVAL:=100}" ;;
+  gpu)  # sized for under 10 minutes on one H100 (measured: 9m06s, BENCHMARKS.md)
     : "${VOCAB:=1024}" "${TARGET_STEPS:=1500}" "${DRAFT_STEPS:=1500}" "${DISTILL_STEPS:=600}" "${BATCH:=64}"
     : "${LOSSES:=kld tvd tvdpp}" "${SETTINGS_PER_PROMPT:=1}" "${GEN_BATCH:=256}" "${MAX_NEW:=192}"
-    : "${EVAL_GAMMAS:=1,2,4,6}" "${EVAL_PROMPTS:=10}" "${EVAL_MAX_NEW:=128}" "${DEVICE:=cuda}" ;;
+    : "${EVAL_GAMMAS:=1,2,4,6}" "${EVAL_PROMPTS:=10}" "${EVAL_MAX_NEW:=128}" "${DEVICE:=cuda}" "${CKPT_INTERVAL:=500}" ;;
   *) echo "error: unknown PRESET=$PRESET; use PRESET=cpu or PRESET=gpu" >&2; exit 2 ;;
 esac
 WORLD=$RUN/world
@@ -42,12 +42,12 @@ stage "world and tokenizer"
 stage "phase 0: stand-in chat target (corpus + instruction data)"
 python train.py --mode pretrain --preset "$PRESET-target" --data "$WORLD/corpus.txt,$WORLD/instructions.jsonl" \
   --tokenizer "$TOK" --out "$RUN/target" --max-steps "$TARGET_STEPS" --batch-size "$BATCH" --lr 2e-3 \
-  --warmup 50 --eval-interval "$TARGET_STEPS" --ckpt-interval 100 --log-interval 50 --seed "$SEED" --device "$DEVICE"
+  --warmup 50 --eval-interval "$TARGET_STEPS" --ckpt-interval "$CKPT_INTERVAL" --log-interval 50 --seed "$SEED" --device "$DEVICE"
 
 stage "phase 1: pretrain the draft on plain text only"
 python train.py --mode pretrain --preset "$PRESET-draft" --data "$WORLD/corpus.txt" \
   --tokenizer "$TOK" --out "$RUN/draft-pretrained" --max-steps "$DRAFT_STEPS" --batch-size "$BATCH" --lr 3e-3 \
-  --warmup 50 --eval-interval "$DRAFT_STEPS" --ckpt-interval 100 --log-interval 50 --seed "$SEED" --device "$DEVICE"
+  --warmup 50 --eval-interval "$DRAFT_STEPS" --ckpt-interval "$CKPT_INTERVAL" --log-interval 50 --seed "$SEED" --device "$DEVICE"
 
 stage "phase 2: the target answers the seed prompts (distillation data)"
 python distill_data.py --target "$RUN/target/model" --tokenizer "$TOK" --prompts "$WORLD/seed_prompts.jsonl" \
@@ -59,7 +59,7 @@ for LOSS in $LOSSES; do
   stage "phase 3: distil the draft with $LOSS"
   python train.py --mode distill --loss "$LOSS" --init "$RUN/draft-pretrained/model" --teacher "$RUN/target/model" \
     --data "$RUN/distill.jsonl" --tokenizer "$TOK" --out "$RUN/draft-$LOSS" --max-steps "$DISTILL_STEPS" \
-    --batch-size "$BATCH" --lr 1e-3 --warmup 30 --eval-interval "$DISTILL_STEPS" --ckpt-interval 100 \
+    --batch-size "$BATCH" --lr 1e-3 --warmup 30 --eval-interval "$DISTILL_STEPS" --ckpt-interval "$CKPT_INTERVAL" \
     --log-interval 50 --seed "$SEED" --device "$DEVICE"
   DRAFTS="$DRAFTS,$LOSS=$RUN/draft-$LOSS/model"
 done

@@ -468,11 +468,13 @@ def main(argv=None):
         generator = torch.Generator(device).manual_seed(args.seed * 1_000_003 + step)   # on-policy losses sample with it
         step_loss = torch.zeros((), device=device)
         for micro in range(accumulation):
-            inputs, targets, mask = (t.to(device) for t in collate(mine[micro * micro_batch: (micro + 1) * micro_batch], tok.pad_id))
+            inputs, targets, mask = collate(mine[micro * micro_batch: (micro + 1) * micro_batch], tok.pad_id)
             # Weight each micro-batch's mean by its share of the global batch's tokens, so the
             # gradient is the mean over all masked tokens of the step, whatever the split.
-            # (DDP averages gradients over ranks, hence the factor world.)
+            # (DDP averages gradients over ranks, hence the factor world.) Counted on the CPU,
+            # before the copy to the device: a count on the GPU would make the CPU wait for it.
             share = int(mask.sum()) / global_tokens
+            inputs, targets, mask = inputs.to(device), targets.to(device), mask.to(device)
             last = micro == accumulation - 1
             sync = train_model.no_sync() if (world > 1 and not last) else nullcontext()   # all-reduce once per step
             with sync, torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
