@@ -39,7 +39,11 @@ w.r.t. the draft logits z, using  grad_z log q(x) = e_x - q  (one-hot of x minus
    Value and scale: the loss value is a surrogate, not a divergence (log `tvd` to monitor), and
    dividing by std(r) makes the step size insensitive to how close q is to p. At draft == target
    exactly, every r_t = 0 (strict >), so A = 0: loss 0, gradient 0 -- a degenerate batch, not a
-   minimum being detected. The same holds for both variants below.
+   minimum being detected. The same holds for both variants below. The opposite degenerate batch
+   matters more in practice: a draft flatter than the target under-estimates EVERY data token
+   written at low temperature (mostly the target's most likely tokens), so every r_t = 1, A = 0
+   and the gradient is 0 however far q is from p; near there the rare r_t = 0 tokens carry the
+   large advantage -mean(r)/std(r) and push the draft flatter still (README, CPU results).
 
 4. Variants beyond the paper (same normalised advantage, different samples):
    - tvdpp_onpolicy: y_t ~ q_t (the draft's own samples, like REINFORCE). With a constant b,

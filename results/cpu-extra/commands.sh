@@ -1,4 +1,4 @@
-# Extra CPU experiments around TVD++, run after `bash run.sh` (CPU preset), 2026-11-23:
+# Extra CPU experiments around TVD++, run after `bash run.sh` (CPU preset); last run 2026-11-25:
 # the two TVD++ variants beyond the paper, and PAPER.md's TVD++ at a lower learning rate.
 set -e
 R=runs/cpu; X=runs/cpu-extra; mkdir -p $X
