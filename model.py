@@ -185,10 +185,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class KVCache:
     """Preallocated keys and values: one (B, n_kv_heads, max_len, head_dim) tensor per layer.
 
-    One tensor per layer rather than one (n_layers, ...) tensor: torch.compile writes new keys
-    into a whole tensor in place, but into a slice of a bigger tensor by copying all of it. On
-    an H100 a compiled 7B decode step took 7.77 ms with one big tensor, 6.30 ms with one per
-    layer (BENCHMARKS.md).
+    One tensor per layer rather than one (n_layers, ...) tensor, so that each layer's update is an
+    in-place write into a whole tensor, the form torch.compile handles best: a compiled 7B
+    decode step on an H100 took 7.77 ms with one big tensor and 6.30 ms with one per layer
+    (BENCHMARKS.md; two runs on two days).
 
     `start[b]` is the first real slot of row b. Batched generation of prompts of different
     lengths LEFT-pads them to a common length, so that every row's next token goes into the
@@ -438,8 +438,9 @@ class Llama(nn.Module):
         step = torch.compile(self.forward_eager, fullgraph=True, dynamic=False) if compile else self.forward_eager
         if compile:
             # torch.compile makes one version of forward_eager per model and input shape, and by
-            # default refuses a 9th (an error with fullgraph=True). A target and a draft with
-            # decode, verify and short-prompt shapes each need more: allow one per graph.
+            # default refuses a 9th (an error with fullgraph=True). The count is per function,
+            # shared by every model: a target and a draft with decode, verify and short-prompt
+            # shapes together need more, so allow one per recorded graph.
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         self.graphs = {"max_tokens": max_tokens, "step": step, "recorded": {}}
         return self

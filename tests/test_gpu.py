@@ -1,4 +1,5 @@
-"""CUDA-graph decoding (model.enable_cuda_graphs) gives the same tokens as eager decoding.
+"""The fast decode paths (CUDA graphs, torch.compile, fused projections) give the same tokens
+as eager decoding, and the decode loops do not wait for the GPU as they go.
 
 These tests need a CUDA GPU and are skipped without one (CI has none); they are run on the GPU
 machine with `pytest tests/test_gpu.py` before any benchmark (BENCHMARKS.md records the run).

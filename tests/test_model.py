@@ -150,17 +150,26 @@ def padded_batch_logits(model: Llama, prompts: list[torch.Tensor], continuations
 
 @pytest.mark.parametrize("n_kv_heads", [4, 2])
 def test_fused_projections_change_nothing_but_the_kernels(n_kv_heads, tmp_path):
-    """fuse_projections: same logits (full pass and cached decoding), same parameter names and
-    shapes (views into the stacked matrices), and a checkpoint that loads unfused."""
+    """fuse_projections: the stacked products are what runs (the separate wq/wk/wv/w1/w3 modules
+    are never called), with the same logits (full pass and cached decoding), the same parameter
+    names and shapes (views into the stacked matrices), and a checkpoint that loads unfused."""
     from model import load_model, save_model
     model = random_model(n_kv_heads=n_kv_heads)
     tokens = random_tokens(2, 12, model.config.vocab_size)
     shapes = {name: p.shape for name, p in model.named_parameters()}
+    separate = [module for layer in model.layers for module in (
+        layer.attention.wq, layer.attention.wk, layer.attention.wv, layer.feed_forward.w1, layer.feed_forward.w3)]
+    calls = []
+    for module in separate:
+        module.register_forward_hook(lambda *_: calls.append(1))
     with torch.no_grad():
         full, cached = model(tokens), decode_in_chunks(model, tokens, [5, 1, 1, 3, 2])
+        assert len(calls) > 0                                   # unfused: the separate products run
         model.fuse_projections()
+        calls.clear()
         torch.testing.assert_close(model(tokens), full, atol=ATOL, rtol=0)
         torch.testing.assert_close(decode_in_chunks(model, tokens, [5, 1, 1, 3, 2]), cached, atol=ATOL, rtol=0)
+    assert calls == []                                          # fused: only the stacked products ran
     assert {name: p.shape for name, p in model.named_parameters()} == shapes
     attention = model.layers[1].attention
     assert attention.wk.weight.data_ptr() == attention.wqkv[attention.wq.out_features:].data_ptr()  # a view
