@@ -38,6 +38,8 @@ import random
 import re
 from dataclasses import dataclass, fields
 
+from common import run_cli, write_atomically
+
 # ----------------------------------------------------------------------------- vocabulary
 # Nouns and adjectives never start with a vowel, so "a" is always the right article, and
 # no entity word occurs inside another phrase (no "stone" object beside a "stone wall").
@@ -296,28 +298,6 @@ def make_world(cfg: WorldConfig) -> dict:
 
 
 # -------------------------------------------------------------------------- files on disk
-def replace_atomically(path: str, write) -> None:
-    """Create `path` through `write(temp_path)`, then fsync the temp file and rename it over
-    `path`: a reader (or a run resumed after a crash) sees the old file or the whole new one,
-    never half of one. Every file this project writes for keeps goes through here."""
-    tmp = f"{path}.{os.getpid()}.tmp"      # per process: several ranks may write at once
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):             # the write failed (e.g. a full disk): drop the partial file
-            os.remove(tmp)
-
-
-def write_atomically(path: str, text: str) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-    replace_atomically(path, write)
-
-
 def _jsonl(records: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
@@ -417,5 +397,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from speculative import run_cli   # the one error convention of every command line (imports torch)
     run_cli(main)

@@ -42,9 +42,12 @@ import time
 
 import torch
 
-from data import load_jsonl_prompts, write_atomically
-from model import Llama, load_model
-from speculative import check_sampling, generate_batch, parse_list, run_cli
+import fast_decode
+from checkpoints import DTYPES, load_model
+from common import check_output, format_seconds, mix_seed, parse_list, rank_and_world, run_cli, write_atomically
+from data import load_jsonl_prompts
+from model import Llama
+from speculative import Decoder, check_sampling
 from tokenizer import Tokenizer, chat_prompt, check_vocab, load_tokenizer
 
 # Llama 2's default system prompt opens with this sentence (Meta's llama/generation.py).
@@ -246,9 +249,11 @@ def merge_shards(out: str, world: int, n_jobs: int) -> bool:
 # ----------------------------------------------------------------------------------------------
 
 def distill(model: Llama, tok: Tokenizer, jobs: list[dict], out: str, max_new_tokens: int = 160,
-            batch_size: int = 32, seed: int = 0, rank: int = 0, world: int = 1) -> str:
+            batch_size: int = 32, seed: int = 0, rank: int = 0, world: int = 1, graphs: bool = False,
+            compile: bool = False) -> str:
     """Answer this rank's batches of `jobs` with the target, appending records to its file
-    (returned); with world > 1, also merge the shards into `out` once every job is done."""
+    (returned); with world > 1, also merge the shards into `out` once every job is done.
+    graphs / compile: the decode path (fast_decode.py); it changes the speed, not the records."""
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} is not in 0..{world - 1} (WORLD_SIZE={world})")
     batches = make_batches(jobs, batch_size)
@@ -260,24 +265,28 @@ def distill(model: Llama, tok: Tokenizer, jobs: list[dict], out: str, max_new_to
     total = sum(len(batches[b]) for b in mine)
     written = total - sum(len(batches[b]) for b in todo)
     tag = f"[rank {rank}/{world}] " if world > 1 else ""
-    device = model.tok_embeddings.weight.device
+    # One decoder per batch size (the last batch of a setting may be smaller), sized for the
+    # longest prompt plus its answer, so that every batch reuses its preallocated state.
+    n_slots = max((len(job["prompt_ids"]) + job["max_new_tokens"] for job in jobs), default=1)
+    decoders = {}
     started, new_tokens = time.perf_counter(), 0
     for i, b in enumerate(todo):
         batch = [jobs[j] for j in batches[b]]
+        if len(batch) not in decoders:
+            decoders[len(batch)] = Decoder(model, len(batch), n_slots, graphs, compile)
         # The batch's randomness depends only on (seed, b): resumed and sharded runs repeat it.
-        generator = torch.Generator(device).manual_seed(seed * 1_000_003 + b)
-        responses = generate_batch(model, [job["prompt_ids"] for job in batch], batch[0]["max_new_tokens"],
-                                   batch[0]["temperature"], None, batch[0]["top_p"], tok.eos_id,
-                                   generator, tok.pad_id)
-        records = [{**job, "response_ids": ids, "response": tok.decode(ids), "finished": ids[-1] == tok.eos_id}
+        generator = torch.Generator(model.device).manual_seed(mix_seed(seed, b))
+        responses = decoders[len(batch)].generate(
+            [job["prompt_ids"] for job in batch], batch[0]["max_new_tokens"], batch[0]["temperature"], None,
+            batch[0]["top_p"], tok.stop_ids, generator, tok.pad_id)
+        records = [{**job, "response_ids": ids, "response": tok.decode(ids), "finished": ids[-1] in tok.stop_ids}
                    for job, ids in zip(batch, responses)]
         append_durably(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         written += len(records)
         new_tokens += sum(map(len, responses))
         elapsed = time.perf_counter() - started
-        eta = round(elapsed / (i + 1) * (len(todo) - i - 1))
         print(f"{tag}{written}/{total} records, {new_tokens / elapsed:.1f} new tokens/s, "
-              f"ETA {eta // 3600}h{eta // 60 % 60:02d}m{eta % 60:02d}s", file=sys.stderr, flush=True)
+              f"ETA {format_seconds(elapsed / (i + 1) * (len(todo) - i - 1))}", file=sys.stderr, flush=True)
     if not todo:
         print(f"{tag}{path}: all {total} records already there", file=sys.stderr)
     if world > 1:
@@ -299,24 +308,11 @@ def parse_systems(text: str) -> list[bool]:
     return [SYSTEM_CHOICES[name] for name in names]
 
 
-def check_output(out: str) -> None:
-    """Fail before loading a large model if the output cannot be written."""
-    if os.path.isdir(out):
-        raise ValueError(f"--out {out} is a directory; give a file name such as {out}/distill.jsonl")
-    out_dir = os.path.dirname(os.path.abspath(out))
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"cannot create the output directory {out_dir} ({e.strerror}); choose another --out") from None
-    if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise ValueError(f"the output directory {out_dir} is not writable; choose another --out")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Phase 2: the target answers the seed prompts "
                                      "under a grid of sampling settings (JSONL, resumable, torchrun-able).")
-    parser.add_argument("--target", required=True, help="target checkpoint directory")
-    parser.add_argument("--tokenizer", required=True, help="the target's tokenizer.model")
+    parser.add_argument("--target", required=True, help="target checkpoint (a directory or a .gguf)")
+    parser.add_argument("--tokenizer", default=None, help="the target's tokenizer.model (default: a .gguf target's own)")
     parser.add_argument("--prompts", required=True, help='JSONL of {"prompt": ..., "system": optional}')
     parser.add_argument("--out", required=True, help="output JSONL (resumed if it exists)")
     parser.add_argument("--temperatures", default="0,0.3,0.7,1.0")
@@ -328,7 +324,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default=None, choices=sorted(DTYPES))
+    parser.add_argument("--decode-path", default="eager", choices=fast_decode.DECODE_PATHS,
+                        help="how decode steps run on a GPU (fast_decode.py); the records do not depend on it")
     args = parser.parse_args(argv)
 
     # Everything cheap is checked before the (possibly large) target is loaded.
@@ -336,17 +334,21 @@ def main(argv: list[str] | None = None) -> None:
                          parse_systems(args.systems))
     if args.batch_size < 1 or args.max_new_tokens < 1:
         raise ValueError("--batch-size and --max-new-tokens must be >= 1")
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun
+    rank, world = rank_and_world()
     check_output(args.out)
     jobs = make_jobs(load_jsonl_prompts(args.prompts), grid, args.settings_per_prompt)
-    tok = load_tokenizer(args.tokenizer)
+    tokenizer_path = args.tokenizer or (args.target if args.target.endswith(".gguf") else None)
+    if tokenizer_path is None:
+        raise ValueError("give --tokenizer (only a .gguf target carries its own tokenizer)")
+    tok = load_tokenizer(tokenizer_path)
     device = args.device
     if device == "cuda" and world > 1:          # one GPU per rank
         device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
-    model = load_model(args.target, device, getattr(torch, args.dtype) if args.dtype else None)
+    model = load_model(args.target, device, DTYPES.get(args.dtype))
     check_vocab(tok, model.config.vocab_size, args.target)
+    options = fast_decode.apply_decode_path([model], args.decode_path)
     print(f"{len(grid)} settings x prompts -> {len(jobs)} jobs; rank {rank} of {world}", file=sys.stderr)
-    distill(model, tok, jobs, args.out, args.max_new_tokens, args.batch_size, args.seed, rank, world)
+    distill(model, tok, jobs, args.out, args.max_new_tokens, args.batch_size, args.seed, rank, world, **options)
 
 
 if __name__ == "__main__":

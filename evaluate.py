@@ -1,44 +1,197 @@
 """
-evaluate.py: the results table of the recipe. For each draft (pretrained only, and one per
-distillation loss), each held-out task, each gamma and each temperature, run speculative
-decoding against the target on the task's evaluation prompts and record PAPER.md's metrics:
-block efficiency tau (mean over prompts, 95% CI), acceptance rate alpha, and MBSU.
+evaluate.py: measuring speculative decoding (PAPER.md section 5), and the results table of the
+recipe.
+
+  evaluate_pair   one (target, draft) pair on a set of prompts at one gamma and temperature:
+                  block efficiency tau (mean over prompts, 95% CI), acceptance rate alpha, the
+                  tau that alpha predicts, MBSU and, given the baseline (plain_tokens_per_s:
+                  plain decoding of the same prompts with the same settings and decode path),
+                  the wall-clock speed-up.
+  main            the grid: every draft (pretrained only, one per distillation loss) x every
+                  held-out task x gamma x temperature -> results.json, results.md, results.png.
 
     python evaluate.py --target runs/cpu/target/model --tokenizer runs/cpu/tokenizer.model \
-        --drafts pretrained=runs/cpu/draft-pretrained/model,tvdpp=runs/cpu/draft-tvdpp/model \
+        --drafts pretrained=runs/cpu/draft-pretrained/model,kld=runs/cpu/draft-kld/model \
         --prompts story=runs/cpu/world/eval_story.jsonl,summary=... --out runs/cpu/results.json
+    python evaluate.py --target model.gguf --drafts kld=runs/smollm2/draft-kld/model \
+        --prompts story=eval_story.jsonl --gammas 2,3,4 --speedup --out bench.json   # + wall clock
 
-Writes results.json ({"preset", "target_params", "draft_params", "results": [...]}), prints a
-markdown table, and draws block efficiency against gamma per draft and task (results.png).
-Rows already in results.json are kept and skipped, so an interrupted evaluation resumes; the
-file records the settings it was measured with, and a run with other settings refuses to mix
-its rows into it. Every flag is checked before a model is loaded.
+Rows already in results.json are kept and skipped, so an interrupted evaluation resumes; the file
+records the settings it was measured with, and a run with other settings refuses to mix its rows
+into it. Every flag is checked before a model is loaded.
 """
 
 import argparse
 import json
+import math
 import os
+import time
 
 import torch
 
+import fast_decode
+from checkpoints import DTYPES, load_model
+from common import check_output, differences, parse_list, parse_named_paths, run_cli, write_atomically
 from data import load_jsonl_prompts
-from data import write_atomically
-from distill_data import check_output
-from model import count_params, load_model
-from speculative import check_context, check_pair, check_sampling, evaluate_pair, parse_list, run_cli
+from model import Llama, count_params
+from speculative import Decoder, SpeculativeDecoder, check_context, check_pair, check_sampling, synchronize
 from tokenizer import chat_prompt, check_vocab, load_tokenizer
-from train import differences
 
 
-def parse_named_paths(text: str, flag: str) -> dict[str, str]:
-    """"a=path1,b=path2" -> {"a": "path1", "b": "path2"}."""
-    named = {}
-    for item in text.split(","):
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"{flag} expects name=path[,name=path...], got {item!r}")
-        named[name] = path
-    return named
+# ----------------------------------------------------------------------------------------------
+# The metrics (PAPER.md section 5)
+# ----------------------------------------------------------------------------------------------
+
+def predicted_block_efficiency(alpha: float, gamma: int) -> float:
+    """E[tau] = (1 - alpha^(gamma+1)) / (1 - alpha) when each draft token is accepted i.i.d. w.p. alpha."""
+    return gamma + 1.0 if alpha >= 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
+
+
+def memory_bound_speedup(target_params: int, draft_params: int, tau: float, gamma: int) -> float:
+    """MBSU = c tau / (c + gamma), c = target params / draft params: gamma draft passes and one
+    target pass produce tau tokens, each pass costing time proportional to the bytes of weights read."""
+    c = target_params / draft_params
+    return c * tau / (c + gamma)
+
+
+def mean_ci95(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its normal-approximation 95% confidence interval."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, float("nan")
+    variance = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, 1.96 * math.sqrt(variance / n)
+
+
+def decoder_slots(target: Llama, draft: Llama | None, prompts: list[list[int]], max_new_tokens: int, gamma: int = 0) -> int:
+    """Slots for decoders that serve every prompt: the longest prompt + new tokens (+ a block)."""
+    context = min(target.config.max_seq_len, draft.config.max_seq_len if draft else target.config.max_seq_len)
+    return 2 + min(max(map(len, prompts)) + max_new_tokens + gamma, context)
+
+
+def plain_tokens_per_s(target: Llama, prompts: list[list[int]], max_new_tokens: int, temperature: float,
+                       top_k: int | None = None, top_p: float | None = None, stop_ids=(), seed: int = 0,
+                       graphs: bool = False, compile: bool = False) -> float:
+    """The baseline: tokens/s of plain decoding of `prompts` (prompt i seeded seed + i)."""
+    plain = Decoder(target, 1, decoder_slots(target, None, prompts, max_new_tokens), graphs, compile)
+    plain.generate([prompts[0]], 2, temperature, top_k, top_p)                # untimed warm-up
+    tokens = seconds = 0.0
+    for i, prompt in enumerate(prompts):
+        generator = torch.Generator(target.device).manual_seed(seed + i)
+        synchronize(target.device)
+        started = time.perf_counter()
+        tokens += len(plain.generate([prompt], max_new_tokens, temperature, top_k, top_p, stop_ids, generator)[0])
+        synchronize(target.device)
+        seconds += time.perf_counter() - started
+    return tokens / seconds
+
+
+def evaluate_pair(target: Llama, draft: Llama, prompts: list[list[int]], gamma: int,
+                  temperature: float, max_new_tokens: int, top_k: int | None = None,
+                  top_p: float | None = None, stop_ids=(), seed: int = 0,
+                  baseline_tokens_per_s: float | None = None, graphs: bool = False, compile: bool = False) -> dict:
+    """Speculative decoding over `prompts` (prompt i with a generator seeded seed + i): one row of
+    the results table; with the baseline's tokens/s (plain_tokens_per_s, same prompts and
+    settings), also the wall-clock speed-up."""
+    device = target.device
+    speculative = SpeculativeDecoder(target, draft, decoder_slots(target, draft, prompts, max_new_tokens, gamma),
+                                     graphs, compile)
+    if baseline_tokens_per_s or graphs:      # untimed warm-up: graphs are recorded, steps compiled, on first use
+        speculative.generate(prompts[0], gamma + 1, gamma, temperature, top_k, top_p)
+    taus, accepted, tests, tokens, seconds = [], 0, 0, 0, 0.0
+    for i, prompt in enumerate(prompts):
+        generator = torch.Generator(device).manual_seed(seed + i)
+        new, stats = speculative.generate(prompt, max_new_tokens, gamma, temperature, top_k, top_p, stop_ids, generator)
+        taus.append(stats["block_efficiency"])
+        accepted += sum(stats["accepted_per_block"])
+        tests += stats["accept_tests"]
+        tokens, seconds = tokens + new.numel(), seconds + stats["seconds"]
+    tau, ci95 = mean_ci95(taus)
+    alpha = accepted / tests if tests else float("nan")
+    row = {
+        "gamma": gamma, "temperature": temperature, "prompts": len(prompts),
+        "block_efficiency": tau, "ci95": ci95, "acceptance_rate": alpha,
+        "predicted_block_efficiency": predicted_block_efficiency(alpha, gamma),
+        "mbsu": memory_bound_speedup(count_params(target), count_params(draft), tau, gamma),
+        "tokens_per_s": tokens / seconds,
+    }
+    if baseline_tokens_per_s:
+        row["baseline_tokens_per_s"] = baseline_tokens_per_s
+        row["speedup"] = row["tokens_per_s"] / baseline_tokens_per_s
+    return row
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables and the plot
+# ----------------------------------------------------------------------------------------------
+
+def markdown_table(results: list[dict]) -> str:
+    timed = any("speedup" in r for r in results)
+    lines = ["| draft | task | T | gamma | tau (95% CI) | alpha | MBSU |" + (" tok/s | plain tok/s | speed-up |" if timed else ""),
+             "|---|---|---|---|---|---|---|" + ("---|---|---|" if timed else "")]
+    for r in results:
+        line = (f"| {r['draft']} | {r['task']} | {r['temperature']:g} | {r['gamma']} | "
+                f"{r['block_efficiency']:.2f} ± {r['ci95']:.2f} | {r['acceptance_rate']:.3f} | {r['mbsu']:.2f} |")
+        if timed:
+            line += f" {r['tokens_per_s']:.1f} | {r['baseline_tokens_per_s']:.1f} | {r['speedup']:.2f}x |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def summary_table(results: list[dict], gamma: int | None = None) -> str:
+    """The headline, a row per draft and a column per (task, T): tau (95% CI) at one gamma, or
+    with gamma=None the best wall-clock speed-up over the gammas measured, and its gamma."""
+    rows = [r for r in results if (r["gamma"] == gamma if gamma is not None else "speedup" in r)]
+    columns = sorted({(r["task"], r["temperature"]) for r in rows})
+    drafts = list(dict.fromkeys(r["draft"] for r in rows))
+    cell = {}
+    for r in rows:
+        key = (r["draft"], r["task"], r["temperature"])
+        if gamma is not None:
+            cell[key] = f"{r['block_efficiency']:.2f} ± {r['ci95']:.2f}"
+        elif key not in cell or r["speedup"] > cell[key][0]:
+            cell[key] = (r["speedup"], f"{r['speedup']:.2f}x (γ={r['gamma']})")
+    title = f"draft (gamma {gamma})" if gamma is not None else "draft (best speed-up)"
+    lines = [f"| {title} | " + " | ".join(f"{task} T={t:g}" for task, t in columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
+    for draft in drafts:
+        values = [cell.get((draft, *column), "-") for column in columns]
+        lines.append(f"| {draft} | " + " | ".join(v[1] if isinstance(v, tuple) else v for v in values) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: str) -> None:
+    """tau (and the wall-clock speed-up, if measured) vs gamma: a panel per (T, task), a line per draft."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    tasks = sorted({r["task"] for r in results})
+    temperatures = sorted({r["temperature"] for r in results})
+    drafts = list(dict.fromkeys(r["draft"] for r in results))
+    metrics = [("block_efficiency", "block efficiency tau")]
+    if any("speedup" in r for r in results):
+        metrics.append(("speedup", "wall-clock speed-up"))
+    panels = [(t, metric) for metric in metrics for t in temperatures]
+    fig, axes = plt.subplots(len(panels), len(tasks), figsize=(4 * len(tasks), 3.2 * len(panels)),
+                             squeeze=False, sharey="row")
+    for i, (temperature, (key, label)) in enumerate(panels):
+        for j, task in enumerate(tasks):
+            ax = axes[i][j]
+            for draft in drafts:
+                rows = sorted((r for r in results if (r["draft"], r["task"], r["temperature"]) == (draft, task, temperature)),
+                              key=lambda r: r["gamma"])
+                errors = [r["ci95"] for r in rows] if key == "block_efficiency" else None
+                ax.errorbar([r["gamma"] for r in rows], [r[key] for r in rows], yerr=errors,
+                            marker="o", capsize=2, label=draft)
+            ax.set_title(f"{task}, T={temperature:g}")
+            ax.set_xlabel("gamma (draft tokens per block)")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def load_rows(path: str, settings: dict) -> list[dict]:
@@ -58,72 +211,34 @@ def load_rows(path: str, settings: dict) -> list[dict]:
     return rows
 
 
-def markdown_table(results: list[dict]) -> str:
-    lines = ["| draft | task | T | gamma | tau (95% CI) | alpha | MBSU |", "|---|---|---|---|---|---|---|"]
-    for r in results:
-        lines.append(f"| {r['draft']} | {r['task']} | {r['temperature']:g} | {r['gamma']} | "
-                     f"{r['block_efficiency']:.2f} ± {r['ci95']:.2f} | {r['acceptance_rate']:.3f} | {r['mbsu']:.2f} |")
-    return "\n".join(lines)
+# ----------------------------------------------------------------------------------------------
+# Command line: the grid
+# ----------------------------------------------------------------------------------------------
 
-
-def summary_table(results: list[dict], gamma: int) -> str:
-    """The headline: tau (95% CI) at one gamma, a row per draft, a column per task and T."""
-    columns = sorted({(r["task"], r["temperature"]) for r in results if r["gamma"] == gamma})
-    drafts = list(dict.fromkeys(r["draft"] for r in results))
-    cell = {(r["draft"], r["task"], r["temperature"]): f"{r['block_efficiency']:.2f} ± {r['ci95']:.2f}"
-            for r in results if r["gamma"] == gamma}
-    lines = [f"| draft (gamma {gamma}) | " + " | ".join(f"{task} T={t:g}" for task, t in columns) + " |",
-             "|---" * (len(columns) + 1) + "|"]
-    lines += [f"| {draft} | " + " | ".join(cell.get((draft, *column), "-") for column in columns) + " |"
-              for draft in drafts]
-    return "\n".join(lines)
-
-
-def plot(results: list[dict], path: str) -> None:
-    """Block efficiency vs gamma: one panel per (temperature, task), one line per draft."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    tasks = sorted({r["task"] for r in results})
-    temperatures = sorted({r["temperature"] for r in results})
-    drafts = list(dict.fromkeys(r["draft"] for r in results))
-    fig, axes = plt.subplots(len(temperatures), len(tasks), figsize=(4 * len(tasks), 3.2 * len(temperatures)),
-                             squeeze=False, sharey=True)
-    for i, temperature in enumerate(temperatures):
-        for j, task in enumerate(tasks):
-            ax = axes[i][j]
-            for draft in drafts:
-                rows = sorted((r for r in results if (r["draft"], r["task"], r["temperature"]) == (draft, task, temperature)),
-                              key=lambda r: r["gamma"])
-                ax.errorbar([r["gamma"] for r in rows], [r["block_efficiency"] for r in rows],
-                            yerr=[r["ci95"] for r in rows], marker="o", capsize=2, label=draft)
-            ax.set_title(f"{task}, T={temperature:g}")
-            ax.set_xlabel("gamma (draft tokens per block)")
-            ax.set_ylabel("block efficiency tau")
-            ax.grid(alpha=0.3)
-    axes[0][0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description="Block efficiency of each draft on each task.")
-    p.add_argument("--target", required=True)
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Block efficiency (and wall-clock speed-up) of each draft on each task.")
+    p.add_argument("--target", required=True, help="target checkpoint (a directory or a .gguf)")
     p.add_argument("--drafts", required=True, help="name=path,name=path,...")
-    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--tokenizer", default=None, help="tokenizer.model or .gguf (default: a .gguf target's own)")
     p.add_argument("--prompts", required=True, help="task=eval.jsonl,task=eval.jsonl,...")
     p.add_argument("--gammas", default="1,2,3,4,5,6")
     p.add_argument("--temperatures", default="0,1")
     p.add_argument("--n-prompts", type=int, default=20, help="evaluation prompts per task")
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--speedup", action="store_true",
+                   help="also time plain decoding of every prompt and report the wall-clock speed-up")
     p.add_argument("--preset", default="custom", help="label stored in results.json")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--cuda-graphs", action="store_true", help="replay decode steps from CUDA graphs (GPU)")
+    p.add_argument("--dtype", default=None, choices=sorted(DTYPES))
+    p.add_argument("--decode-path", default="eager", choices=fast_decode.DECODE_PATHS,
+                   help="how decode steps run on a GPU (fast_decode.py)")
     p.add_argument("--out", required=True, help="results.json (a .png and .md are written beside it)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
+
+def main(argv=None):
+    args = parse_args(argv)
     # Flags and the output first, before loading any model.
     gammas, temperatures = parse_list(args.gammas, int), parse_list(args.temperatures, float)
     if not gammas or min(gammas) < 1:
@@ -135,15 +250,19 @@ def main(argv=None):
     if args.n_prompts < 1 or args.max_new_tokens < 1:
         raise ValueError(f"--n-prompts and --max-new-tokens must be >= 1, got {args.n_prompts} and {args.max_new_tokens}")
     draft_paths, prompt_paths = parse_named_paths(args.drafts, "--drafts"), parse_named_paths(args.prompts, "--prompts")
+    tokenizer_path = args.tokenizer or (args.target if args.target.endswith(".gguf") else None)
+    if tokenizer_path is None:
+        raise ValueError("give --tokenizer (only a .gguf target carries its own tokenizer)")
     check_output(args.out)
     settings = {"target": args.target, "drafts": draft_paths, "prompts": prompt_paths, "n_prompts": args.n_prompts,
-                "max_new_tokens": args.max_new_tokens, "seed": args.seed}
+                "max_new_tokens": args.max_new_tokens, "seed": args.seed, "speedup": args.speedup,
+                "dtype": args.dtype, "decode_path": args.decode_path}
     rows = load_rows(args.out, settings)
 
-    tok = load_tokenizer(args.tokenizer)
-    target = load_model(args.target, args.device)
+    tok = load_tokenizer(tokenizer_path)
+    target = load_model(args.target, args.device, DTYPES.get(args.dtype))
     check_vocab(tok, target.config.vocab_size, args.target)
-    drafts = {name: load_model(path, args.device) for name, path in draft_paths.items()}
+    drafts = {name: load_model(path, args.device, DTYPES.get(args.dtype)) for name, path in draft_paths.items()}
     for draft in drafts.values():
         check_pair(target, draft, min(gammas))
     prompts = {task: [chat_prompt(tok, r["prompt"], r.get("system")) for r in load_jsonl_prompts(path)[: args.n_prompts]]
@@ -152,9 +271,7 @@ def main(argv=None):
         for i, prompt in enumerate(task_prompts, 1):
             for model in (target, *drafts.values()):
                 check_context(model, len(prompt) + args.max_new_tokens, f"prompt {i} of {prompt_paths[task]}")
-    if args.cuda_graphs:
-        for model in (target, *drafts.values()):
-            model.enable_cuda_graphs()
+    options = fast_decode.apply_decode_path([target, *drafts.values()], args.decode_path)
 
     report = {"preset": args.preset, "target_params": count_params(target),
               "draft_params": count_params(next(iter(drafts.values()))), "settings": settings, "results": rows}
@@ -162,20 +279,26 @@ def main(argv=None):
     for name, draft in drafts.items():
         for task, task_prompts in prompts.items():
             for temperature in temperatures:
-                for gamma in gammas:
-                    if (name, task, gamma, temperature) in done:
-                        continue
-                    stats = evaluate_pair(target, draft, task_prompts, gamma, temperature, args.max_new_tokens,
-                                          eos_id=tok.eos_id, seed=args.seed)
-                    row = {"draft": name, "task": task, "gamma": gamma, "temperature": temperature,
-                           **{k: stats[k] for k in ("block_efficiency", "ci95", "acceptance_rate",
-                                                    "predicted_block_efficiency", "mbsu")}}
+                todo = [gamma for gamma in gammas if (name, task, gamma, temperature) not in done]
+                # The baseline does not depend on gamma: timed once per (draft, task, T), right
+                # before that draft's gammas, so machine drift hits both alike.
+                baseline = (plain_tokens_per_s(target, task_prompts, args.max_new_tokens, temperature,
+                                               stop_ids=tok.stop_ids, seed=args.seed, **options)
+                            if args.speedup and todo else None)
+                for gamma in todo:
+                    row = {"draft": name, "task": task, **evaluate_pair(
+                        target, draft, task_prompts, gamma, temperature, args.max_new_tokens, stop_ids=tok.stop_ids,
+                        seed=args.seed, baseline_tokens_per_s=baseline, **options)}
                     report["results"].append(row)
                     write_atomically(args.out, json.dumps(report, indent=1))
+                    timing = f", speed-up {row['speedup']:.2f}x" if args.speedup else ""
                     print(f"{name:>12} {task:>10} T={temperature:g} gamma={gamma}: tau {row['block_efficiency']:.2f} "
-                          f"± {row['ci95']:.2f}, alpha {row['acceptance_rate']:.3f}", flush=True)
+                          f"± {row['ci95']:.2f}, alpha {row['acceptance_rate']:.3f}{timing}", flush=True)
     summary_gamma = 4 if 4 in gammas else gammas[len(gammas) // 2]
-    table = summary_table(report["results"], summary_gamma) + "\n\n" + markdown_table(report["results"])
+    table = summary_table(report["results"], summary_gamma)
+    if args.speedup:
+        table += "\n\n" + summary_table(report["results"])
+    table += "\n\n" + markdown_table(report["results"])
     base = os.path.splitext(args.out)[0]
     write_atomically(base + ".md", table + "\n")
     plot(report["results"], base + ".png")

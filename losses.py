@@ -1,19 +1,19 @@
-"""Distillation losses for the draft model: KLD, TVD, TVD++ and friends.
+"""Distillation losses for the draft model: KLD, TVD, TVD++, the acceptance-rate losses, and friends.
 
-Phase 3 of the recipe (../shared/PAPER.md) fine-tunes the small draft q on the target p's full
+Phase 3 of the recipe (PAPER.md section 3) fine-tunes the small draft q on the target p's full
 next-token distribution at every response position. This file holds the losses; its comments hold
 the derivations. Notation at one position t: p = softmax(target logits), q = softmax(draft logits
 z), y = the data token (a sample from p: the target wrote the data). Every gradient below is taken
 w.r.t. the draft logits z, using  grad_z log q(x) = e_x - q  (one-hot of x minus q).
 
-1. Why TVD is THE loss for speculative decoding. The draft proposes x ~ q and the target accepts
-   it with probability min(1, p(x)/q(x)). So
-       P(accept) = sum_x q(x) min(1, p(x)/q(x)) = sum_x min(p(x), q(x))
-                 = sum_x p(x) - sum_x max(p(x) - q(x), 0) = 1 - TVD(p, q),
+1. Why TVD is THE loss for speculative decoding (PAPER.md 3.2). The draft proposes x ~ q and the
+   target accepts it with probability min(1, p(x)/q(x)). So
+       alpha = P(accept) = sum_x q(x) min(1, p(x)/q(x)) = sum_x min(p(x), q(x))
+             = sum_x p(x) - sum_x max(p(x) - q(x), 0) = 1 - TVD(p, q),
    the rejection probability IS the total variation distance (at temperature 1; in general between
    the distributions actually sampled from). Minimising E[TVD] maximises the acceptance rate.
 
-2. TVD as a policy gradient (PAPER.md). TVD = sum_x max(p(x) - q(x), 0), so
+2. TVD as a policy gradient (PAPER.md 3.3). TVD = sum_x max(p(x) - q(x), 0), so
    dTVD/dq(x) = -1[p(x) > q(x)] = -r(x): the reward r marks the tokens the draft under-estimates
    (r is piecewise constant, its own derivative is 0 almost everywhere). Chain rule with
    grad q(x) = q(x) grad log q(x):
@@ -22,43 +22,54 @@ w.r.t. the draft logits z, using  grad_z log q(x) = e_x - q  (one-hot of x minus
    A constant baseline b changes nothing in this exact sum: sum_x q b grad log q = b grad sum_x q
    = b grad 1 = 0. Baselines and normalised advantages only matter for SAMPLED estimates.
 
-3. TVD++ -- the PROJECT'S READING of the paper (PAPER.md: the paper's exact equation was not
-   available to us). The samples this recipe owns are the data tokens y_t ~ p_t, so:
-       r_t = 1[p_t(y_t) > q_t(y_t)],  A_t = (r_t - mean(r)) / (std(r) + 1e-6),
-       loss = -sum_t m_t stopgrad(A_t) log q_t(y_t) / sum_t m_t,
-   mean and (population) std over all masked positions of the batch. Expected gradient, treating
-   the baseline b and the scale s as constants:
-       E[grad] = -(1/s) sum_x p(x) (r(x) - b) grad log q(x)        (weights p(x), NOT q(x))
-   This is NOT grad TVD in general: the samples come from p, and the importance weight q/p that
-   would turn it into grad TVD is missing. It is a signed cross-entropy on the data: maximum
-   likelihood on tokens the draft under-estimates (A > 0), "unlikelihood" on tokens it
-   over-estimates (A < 0). Off-policy the baseline no longer cancels: it adds
-   (b/s) sum_x p grad log q = (b/s)(p - q) = -(b/s) grad KL(p||q), a push that on its own would
-   raise the cross-entropy on the data. Near q = p the weights p and q agree, that term vanishes,
-   and the update points along -grad TVD again.
-   Value and scale: the loss value is a surrogate, not a divergence (log `tvd` to monitor), and
-   dividing by std(r) makes the step size insensitive to how close q is to p. At draft == target
-   exactly, every r_t = 0 (strict >), so A = 0: loss 0, gradient 0 -- a degenerate batch, not a
-   minimum being detected. The same holds for both variants below. The opposite degenerate batch
-   matters more in practice: a draft flatter than the target under-estimates EVERY data token
-   written at low temperature (mostly the target's most likely tokens), so every r_t = 1, A = 0
-   and the gradient is 0 however far q is from p; near there the rare r_t = 0 tokens carry the
-   large advantage -mean(r)/std(r) and push the draft flatter still (README, CPU results).
+3. TVD++ (PAPER.md 3.4, the project's reading: the paper's exact equation was not available to
+   us). The paper borrows the normalised advantage of policy-gradient methods. Three readings, the
+   same reward r(x) = 1[p(x) > q(x)], different samples:
+   - tvdpp (the project's TVD++): the expectation over x ~ q_t computed EXACTLY over the vocabulary,
+     the reward normalised with its mean and standard deviation under q_t at each position:
+       mu_t = sum_x q r,  sigma_t = sqrt(sum_x q (r - mu_t)^2),  A_t(x) = (r(x) - mu_t) / (sigma_t + eps)
+       loss_t = -sum_x stopgrad(q(x) A_t(x)) log q(x)
+     grad = -q * A_t (since sum_x q A_t = 0) = grad TVD_t / (sigma_t + eps): the baseline mu_t
+     cancels in the exact sum (section 2), and sigma_t re-weights the positions: those whose mass is
+     nearly all on one side of p (small sigma) are up-weighted, so positions where the draft is
+     almost right or badly wrong get as large a step as the rest. WHY per position: normalised over
+     the whole batch instead, the mean would still cancel and the std would be ONE number scaling
+     the whole gradient, which Adam undoes (its update is invariant to a constant gradient scale,
+     up to eps): that loss would train exactly like TVD. Per position, sigma_t changes the
+     DIRECTION of the batch gradient, which is what makes TVD++ a different loss.
+   - tvdpp_datatoken (the project's reading until 2026-12-01): the samples are the data tokens
+     y_t ~ p_t, advantage normalised over the batch's masked positions:
+       r_t = 1[p_t(y_t) > q_t(y_t)],  A_t = (r_t - mean(r)) / (std(r) + eps),
+       loss = -sum_t m_t stopgrad(A_t) log q_t(y_t) / sum_t m_t.
+     OFF-policy: treating mean b and scale s as constants,
+       E[grad] = -(1/s) sum_x p(x) (r(x) - b) grad log q(x)        (weights p(x), NOT q(x)),
+     a signed cross-entropy on the data, not grad TVD; and the baseline no longer cancels: it adds
+     (b/s) sum_x p grad log q = (b/s)(p - q) = -(b/s) grad KL(p||q), a push AWAY from the target.
+     How it stalls (measured on the CPU preset; tests/test_losses.py pins it): a draft flatter than
+     the target under-estimates every data token written at low temperature (mostly the target's
+     most likely tokens), so every r_t = 1, std(r) = 0, every A_t = 0 and the gradient vanishes
+     however far q is from p; on the way there the rare r_t = 0 tokens get the large advantage
+     -mean(r)/std(r) and push the draft flatter still.
+   - tvdpp_onpolicy: y_t ~ q_t, the draft's own samples (REINFORCE), batch-normalised advantage.
+     With a constant b, E_{y~q}[-(r(y) - b) grad log q(y)] = grad TVD exactly. The batch mean
+     contains r_t itself; other positions are independent with zero-mean score, so
+     E[(r_t - mean r) grad log q_t(y_t)] = (1 - 1/N) E[r_t grad log q_t(y_t)]: still along grad TVD.
+     Dividing by the batch std (random, correlated with the r's) makes it biased but aligned; the
+     tests check cosine ~ 1 by Monte Carlo.
+   At draft == target exactly, every r = 0 (strict >), so all three give loss 0, gradient 0.
 
-4. Variants beyond the paper (same normalised advantage, different samples):
-   - tvdpp_onpolicy: y_t ~ q_t (the draft's own samples, like REINFORCE). With a constant b,
-     E_{y~q}[-(r(y) - b) grad log q(y)] = grad TVD exactly. The batch mean contains r_t itself;
-     other positions are independent with zero-mean score, so E[(r_t - mean r) grad log q_t(y_t)]
-     = (1 - 1/N) E[r_t grad log q_t(y_t)]: still exactly along grad TVD. Dividing by the batch std
-     (random, shared by the batch, correlated with the r's) makes it biased but aligned: every
-     single estimate is a positive rescaling of the mean-baselined one, and as N grows std
-     concentrates, E[grad] ~ (1 - 1/N)/std * grad TVD. The tests check cosine ~ 1 by Monte Carlo.
-   - tvdpp_exact: the whole vocabulary instead of one sample. Per position: r(x) = 1[p(x) > q(x)],
-     mean = sum_x q r, std = sqrt(sum_x q (r - mean)^2), A(x) = (r(x) - mean)/(std + eps),
-     loss_t = -sum_x stopgrad(q(x) A(x)) log q(x), so grad = -sum_x q A grad log q
-     = -q * A (since sum_x q A = 0) = grad TVD_t / (std_t + eps): the mean baseline cancels
-     exactly, the std only rescales each position. Direction per position = grad TVD; across
-     positions, those with small std (nearly all mass on one side) are up-weighted.
+4. The acceptance-rate losses (PAPER.md 3.5; Samarin et al. 2026, "LK losses", arXiv 2602.23881,
+   as their authors' reference code computes them). With alpha_t = sum_x min(p_t, q_t) = 1 - TVD_t:
+   - lk: the negative log acceptance, loss = mean_t -log alpha_t. grad = -grad alpha_t / alpha_t
+     = grad TVD_t / alpha_t: TVD's gradient, amplified where acceptance is low (TVD's own gradient
+     -q * (r - E_q r) is small where the draft puts little mass, exactly where a poorly aligned
+     draft is). A position with alpha_t = 0 (disjoint supports) adds 0 and no gradient.
+   - lk_hybrid: loss = lambda KL(p||q) + (1 - lambda) TVD (each the mean over positions),
+     lambda = exp(-eta stopgrad(mean_t alpha_t)), eta = 3 (the authors' recommended value).
+     Far from the target (alpha small, lambda ~ 1) it is mostly KL, whose gradient q - p does not
+     vanish there; near it (alpha -> 1, lambda -> e^-3 = 0.05) mostly TVD, the quantity that
+     matters. grad = lambda (q - p) + (1 - lambda) grad TVD, lambda held fixed. One lambda per
+     call (a micro-batch), as in the reference code (which averages alpha over the batch).
 
 5. Closed-form gradients of the divergences on the logits (checked in tests/test_losses.py):
    KL(p||q)  = sum p log(p/q)        grad = q - p          (mass-covering: q must cover p)
@@ -95,7 +106,8 @@ import torch.nn.functional as F
 
 LossFn = Callable[..., torch.Tensor]
 DEFAULT_MAX_CHUNK_ELEMS = 2**26  # 256 MiB per float32 (chunk, V) temporary; ~2k rows at V = 32000
-ADVANTAGE_EPS = 1e-6  # A = (r - mean) / (std + eps), PAPER.md
+ADVANTAGE_EPS = 1e-6  # A = (r - mean) / (std + eps), PAPER.md 3.4
+LK_ETA = 3.0          # lambda = exp(-eta * alpha) of lk_hybrid, PAPER.md 3.5 (the LK authors' value)
 
 
 # ----------------------------------------------------------------------------- plumbing
@@ -187,7 +199,23 @@ def _tvd_rows(draft_rows: torch.Tensor, target_rows: torch.Tensor) -> torch.Tens
     return F.relu(target_probs - draft_probs).sum(-1)
 
 
-def _tvdpp_exact_rows(draft_rows: torch.Tensor, target_rows: torch.Tensor) -> torch.Tensor:
+def _acceptance_rows(draft_rows: torch.Tensor, target_rows: torch.Tensor) -> torch.Tensor:
+    draft_probs = F.softmax(draft_rows, dim=-1, dtype=torch.float32)
+    target_probs = F.softmax(target_rows, dim=-1, dtype=torch.float32)
+    return torch.minimum(target_probs, draft_probs).sum(-1)          # alpha = sum_x min(p, q) = 1 - TVD
+
+
+def _lk_rows(draft_rows: torch.Tensor, target_rows: torch.Tensor) -> torch.Tensor:
+    alpha = _acceptance_rows(draft_rows, target_rows)
+    # -log alpha; a position of alpha 0 (disjoint supports) adds 0, as in the reference code
+    return torch.where(alpha > 0, -alpha.clamp(min=torch.finfo(alpha.dtype).tiny).log(), torch.zeros_like(alpha))
+
+
+def _kld_and_tvd_rows(draft_rows: torch.Tensor, target_rows: torch.Tensor) -> torch.Tensor:
+    return torch.stack([_kld_rows(draft_rows, target_rows), _tvd_rows(draft_rows, target_rows)], dim=-1)  # (n, 2)
+
+
+def _tvdpp_rows(draft_rows: torch.Tensor, target_rows: torch.Tensor) -> torch.Tensor:
     draft_logprobs = F.log_softmax(draft_rows, dim=-1, dtype=torch.float32)  # (n, V) log q
     with torch.no_grad():
         draft_probs = draft_logprobs.exp()
@@ -269,10 +297,10 @@ def tvd(draft_logits: torch.Tensor, target_logits: torch.Tensor, tokens: torch.T
     return _divergence(_tvd_rows, draft_logits, target_logits, tokens, mask, max_chunk_elems)
 
 
-def tvdpp(draft_logits: torch.Tensor, target_logits: torch.Tensor, tokens: torch.Tensor,
-          mask: torch.Tensor, generator: torch.Generator | None = None, *,
-          max_chunk_elems: int | None = DEFAULT_MAX_CHUNK_ELEMS) -> torch.Tensor:
-    """TVD++ as PAPER.md defines it (the project's reading): normalised advantage at data tokens."""
+def tvdpp_datatoken(draft_logits: torch.Tensor, target_logits: torch.Tensor, tokens: torch.Tensor,
+                    mask: torch.Tensor, generator: torch.Generator | None = None, *,
+                    max_chunk_elems: int | None = DEFAULT_MAX_CHUNK_ELEMS) -> torch.Tensor:
+    """TVD++ with the data tokens as samples and a batch-normalised advantage (off-policy; stalls)."""
     draft_rows, target_rows, token_rows = _select_positions(draft_logits, target_logits, tokens, mask)
     return _normalised_advantage_loss(draft_rows, target_rows, token_rows, max_chunk_elems)
 
@@ -288,16 +316,38 @@ def tvdpp_onpolicy(draft_logits: torch.Tensor, target_logits: torch.Tensor, toke
     return _normalised_advantage_loss(draft_rows, target_rows, sampled, max_chunk_elems)
 
 
-def tvdpp_exact(draft_logits: torch.Tensor, target_logits: torch.Tensor, tokens: torch.Tensor,
-                mask: torch.Tensor, generator: torch.Generator | None = None, *,
-                max_chunk_elems: int | None = DEFAULT_MAX_CHUNK_ELEMS) -> torch.Tensor:
-    """TVD++ summed over the whole vocabulary, per-position advantage. Grad = grad TVD_t / std_t."""
-    return _divergence(_tvdpp_exact_rows, draft_logits, target_logits, tokens, mask, max_chunk_elems)
+def tvdpp(draft_logits: torch.Tensor, target_logits: torch.Tensor, tokens: torch.Tensor,
+          mask: torch.Tensor, generator: torch.Generator | None = None, *,
+          max_chunk_elems: int | None = DEFAULT_MAX_CHUNK_ELEMS) -> torch.Tensor:
+    """TVD++ (PAPER.md 3.4): exact over the vocabulary, advantage normalised per position under q.
+    Gradient: grad TVD_t / (std_t + eps)."""
+    return _divergence(_tvdpp_rows, draft_logits, target_logits, tokens, mask, max_chunk_elems)
+
+
+def lk(draft_logits: torch.Tensor, target_logits: torch.Tensor, tokens: torch.Tensor,
+       mask: torch.Tensor, generator: torch.Generator | None = None, *,
+       max_chunk_elems: int | None = DEFAULT_MAX_CHUNK_ELEMS) -> torch.Tensor:
+    """mean_t -log alpha_t, alpha_t = sum_x min(p, q) (PAPER.md 3.5). Gradient: grad TVD_t / alpha_t."""
+    return _divergence(_lk_rows, draft_logits, target_logits, tokens, mask, max_chunk_elems)
+
+
+def lk_hybrid(draft_logits: torch.Tensor, target_logits: torch.Tensor, tokens: torch.Tensor,
+              mask: torch.Tensor, generator: torch.Generator | None = None, *,
+              max_chunk_elems: int | None = DEFAULT_MAX_CHUNK_ELEMS, eta: float = LK_ETA) -> torch.Tensor:
+    """lambda KL(p||q) + (1 - lambda) TVD, lambda = exp(-eta stopgrad(mean alpha)) (PAPER.md 3.5)."""
+    draft_rows, target_rows, _ = _select_positions(draft_logits, target_logits, tokens, mask)
+    if draft_rows.shape[0] == 0:
+        return draft_rows.float().sum()  # 0.0, still attached to draft_logits
+    per_position = _map_positions(_kld_and_tvd_rows, draft_rows, target_rows, max_chunk_elems=max_chunk_elems)
+    kl, total_variation = per_position.mean(0)                                 # means over positions
+    weight = torch.exp(-eta * (1 - total_variation.detach()))                  # lambda; alpha = 1 - TVD
+    return weight * kl + (1 - weight) * total_variation
 
 
 LOSSES: dict[str, LossFn] = {
     "kld": kld, "tvd": tvd, "tvdpp": tvdpp,                          # the paper's three
-    "rkl": rkl, "jsd": jsd, "tvdpp_onpolicy": tvdpp_onpolicy, "tvdpp_exact": tvdpp_exact,
+    "lk": lk, "lk_hybrid": lk_hybrid,                                # the acceptance-rate losses
+    "rkl": rkl, "jsd": jsd, "tvdpp_datatoken": tvdpp_datatoken, "tvdpp_onpolicy": tvdpp_onpolicy,
 }
 ALIASES = {"tvd++": "tvdpp"}
 

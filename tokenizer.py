@@ -2,32 +2,32 @@
 Tokenizers and chat templates: text <-> token ids, and a conversation -> the exact ids a chat
 model was fine-tuned on.
 
-A language model never sees text, only integer ids from a fixed vocabulary. The draft model of
-the paper must share the target's tokenizer (Llama 2's 32000 SentencePiece tokens), because
-speculative decoding compares the two models' distributions over the SAME ids: a draft token
-x_i is accepted with probability min(1, p_i(x_i) / q_i(x_i)), which is meaningless if "x_i"
-means different strings to the two models.
+A language model never sees text, only integer ids from a fixed vocabulary. The draft must share
+the target's tokenizer, because speculative decoding compares the two models' distributions over
+the SAME ids: a draft token x_i is accepted with probability min(1, p_i(x_i) / q_i(x_i)), which is
+meaningless if "x_i" means different strings to the two models.
 
-Two tokenizer file formats, one interface (`encode`, `decode`, `bos_id`, `eos_id`, `pad_id`,
-`vocab_size`, `chat_format`, `stop_ids`, `path`):
+Three tokenizer sources, one interface (`encode`, `decode`, `bos_id`, `eos_id`, `pad_id`,
+`stop_ids`, `vocab_size`, `chat_format`, `path`):
 
-- SentencePiece (Llama 2's `tokenizer.model`, a protobuf): byte-pair-encoding pieces where "▁"
-  marks a space, with byte fallback (<0x00>..<0xFF>) so any text can be encoded. Llama 2's ids:
-  unk=0, bos=<s>=1, eos=</s>=2. `train_sentencepiece` trains a small one offline, with the same
-  conventions, for the tiny models of this tutorial.
-- tiktoken (Llama 3's `tokenizer.model`, a text file of `<base64 token bytes> <rank>` lines):
-  byte-level BPE after a regex pre-split, plus 256 special tokens appended after the ranks.
+- SentencePiece (Llama 2's `tokenizer.model`, a protobuf): BPE pieces where "▁" marks a space,
+  with byte fallback. Llama 2's ids: unk=0, bos=<s>=1, eos=</s>=2. `train_sentencepiece` trains
+  a small one offline, with the same conventions, for the synthetic world's models.
+- tiktoken (Llama 3's `tokenizer.model`, lines of `<base64 token bytes> <rank>`): byte-level BPE
+  after a regex pre-split, plus 256 special tokens appended after the ranks.
+- a GGUF file's vocabulary (`tokenizer.ggml.model == "gpt2"`, e.g. SmolLM2): the same byte-level
+  BPE, stored as GPT-2-alphabet strings, merges, token types and the NAME of the pre-split regex
+  (`tokenizer.ggml.pre`); `gguf_bpe_tokenizer` rebuilds it as a tiktoken Encoding.
 
 `eos_id` is the token that ENDS AN ASSISTANT RESPONSE in the tokenizer's chat format, because
-that is where generation must stop: `</s>` for Llama 2, `<|eot_id|>` (end of turn) for Llama 3.
-Llama 3 also has `<|end_of_text|>`; `stop_ids` holds every id that ends generation.
-`encode(text, eos=True)` appends this same `eos_id` (Meta's Llama 3 code appends end_of_text).
+that is where generation must stop: `</s>` (Llama 2), `<|eot_id|>` (Llama 3), `<|im_end|>`
+(ChatML); `stop_ids` holds every id that ends generation. `encode(text, eos=True)` appends eos_id.
 
-Chat models are fine-tuned on prompts wrapped in a template, and they only behave like chat
-models when prompted with that template token for token. The distillation data of the paper is
-the target's answers to templated prompts, so the draft must be trained on the same layout.
-`chat_prompt` renders a prompt; `chat_example` renders prompt + response and returns where the
-response starts, so the training code can put the loss on the response tokens only.
+Chat models only behave like chat models when prompted with their template token for token, and
+the distillation data of the paper is the target's answers to templated prompts, so the draft
+must be trained on the same layout. `chat_prompt` renders a prompt; `chat_example` renders
+prompt + response and returns where the response starts. A GGUF's template is a Jinja program:
+it is RECOGNISED (ChatML, Llama 3) and reproduced here, never executed.
 """
 
 import argparse
@@ -41,15 +41,30 @@ from pathlib import Path
 import sentencepiece as spm
 import tiktoken
 
-from data import load_corpus, load_jsonl_examples, replace_atomically
+from common import gguf_value, open_gguf, replace_atomically, run_cli
+from data import load_corpus, load_jsonl_examples
 
-# Llama 3's pre-tokenization regex (Meta's llama3 reference, llama/tokenizer.py): contractions,
+# Pre-tokenization regexes: BPE merges never cross the pieces they cut. Each is written in the
+# syntax of tiktoken's regex engine (\p{L}: any letter, \p{N}: any number).
+# Llama 3 (Meta's llama3 reference, llama/tokenizer.py; llama.cpp's "llama-bpe"): contractions,
 # words with one optional leading non-letter, numbers in groups of at most 3 digits,
-# punctuation runs, newlines, and whitespace. BPE merges never cross these pieces.
+# punctuation runs, newlines, and whitespace.
 LLAMA3_SPLIT_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# GPT-2 (OpenAI's encoder.py; Hugging Face's ByteLevel pre-tokenizer; llama.cpp's "gpt2").
+GPT2_SPLIT_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+# SmolLM (llama.cpp's "smollm", the same as SmolLM2's tokenizer.json: Digits(individual_digits)
+# then ByteLevel): first every digit becomes a piece of its own, then GPT-2's regex splits the
+# text between digits. As ONE regex: digits match `\p{N}` alone, and GPT-2's `\s+(?!\S)` (a
+# whitespace run not followed by a non-space) must also end before a digit, because in the
+# two-step split a digit ends the text that the second regex sees. So "x  1" gives "x", "  ",
+# "1" (GPT-2's regex alone: "x", " ", " 1"). Note: transformers' GGUF converter builds plain
+# GPT-2 splitting for every "gpt2" vocabulary and so differs on a whitespace run before a digit.
+SMOLLM_SPLIT_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+"
+GGUF_PRE_TOKENIZERS = {"smollm": SMOLLM_SPLIT_PATTERN, "gpt2": GPT2_SPLIT_PATTERN, "default": GPT2_SPLIT_PATTERN,
+                       "llama-bpe": LLAMA3_SPLIT_PATTERN, "llama3": LLAMA3_SPLIT_PATTERN}
 # Llama 3's 256 special tokens, in id order: token i gets id len(ranks) + i, so with the real
 # 128000-rank file begin_of_text=128000, start_header_id=128006, eot_id=128009, vocab=128256.
 LLAMA3_SPECIAL_TOKENS = [
@@ -69,6 +84,7 @@ LLAMA3_SPECIAL_TOKENS = [
 # (several tokens each); our small trained tokenizers make them single pieces so a template
 # costs few positions of a short context. Nothing below relies on either choice.
 LLAMA2_CHAT_MARKERS = ["[INST]", "[/INST]", "<<SYS>>", "<</SYS>>"]
+GGUF_CONTROL = 3   # tokenizer.ggml.token_type of a control token (<|im_start|>, <|endoftext|>, ...)
 
 
 class SentencePieceTokenizer:
@@ -97,32 +113,46 @@ class SentencePieceTokenizer:
         # sentencepiece already drops control tokens (bos, eos, pad) when decoding.
         return self.model.decode([int(i) for i in ids])
 
+    def gguf_fields(self) -> dict:
+        raise ValueError(f"{self.path}: export_gguf writes the vocabulary of a tokenizer read from a GGUF file "
+                         "(byte-level BPE); a SentencePiece tokenizer is not supported there: use export_hf")
+
 
 class TiktokenTokenizer:
-    """A tiktoken BPE ranks file (Llama 3 format). `model` is the tiktoken Encoding."""
+    """Byte-level BPE through a tiktoken Encoding (`model`): a Llama 3 ranks file or a GGUF
+    vocabulary. tiktoken returns its RANKS; `rank_to_id` maps them to the vocabulary's ids (the
+    identity for Llama 3; for a GGUF, ranks follow the merge order, see gguf_bpe_tokenizer).
+    `special_ids` maps each special token's text to its id."""
 
-    chat_format = "llama3"
-
-    def __init__(self, path: str, ranks: dict[bytes, int]):
-        self.path = path
-        self.special_ids = {name: len(ranks) + i for i, name in enumerate(LLAMA3_SPECIAL_TOKENS)}
-        self.model = tiktoken.Encoding(name=os.path.basename(path), pat_str=LLAMA3_SPLIT_PATTERN,
-                                       mergeable_ranks=ranks, special_tokens=self.special_ids)
-        self.vocab_size: int = self.model.n_vocab  # len(ranks) + 256
-        self.bos_id: int = self.special_ids["<|begin_of_text|>"]
-        self.eos_id: int = self.special_ids["<|eot_id|>"]  # ends a Llama 3 answer
-        self.stop_ids: set[int] = {self.eos_id, self.special_ids["<|end_of_text|>"]}
-        self.pad_id: int = self.eos_id  # Llama 3 has no pad token; padding is always masked
+    def __init__(self, path: str, encoding: tiktoken.Encoding, special_ids: dict[str, int],
+                 bos_id: int, eos_id: int, pad_id: int, stop_ids: set[int], chat_format: str | None,
+                 rank_to_id: list[int] | None = None, default_system: str | None = None,
+                 gguf_fields: dict | None = None):
+        self.path, self.model, self.special_ids = path, encoding, special_ids
+        self.bos_id, self.eos_id, self.pad_id, self.stop_ids = bos_id, eos_id, pad_id, stop_ids
+        self.chat_format, self.default_system, self._gguf_fields = chat_format, default_system, gguf_fields
+        self.rank_to_id = rank_to_id or list(range(encoding.n_vocab))
+        self.id_to_rank = {i: rank for rank, i in enumerate(self.rank_to_id) if i >= 0}
+        self.vocab_size: int = len(gguf_fields["tokenizer.ggml.tokens"][0]) if gguf_fields else encoding.n_vocab
+        self.special = set(special_ids.values())
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
         # encode_ordinary treats "<|eot_id|>" typed by a user as plain text: special tokens
         # enter a sequence only through the chat template functions, never through user text.
-        ids = [i for chunk in _split_for_tiktoken(text) for i in self.model.encode_ordinary(chunk)]
+        ranks = [r for chunk in _split_for_tiktoken(text) for r in self.model.encode_ordinary(chunk)]
+        ids = [self.rank_to_id[r] for r in ranks if self.rank_to_id[r] >= 0]   # -1: a byte not in the vocabulary
         return [self.bos_id] * bos + ids + [self.eos_id] * eos
 
     def decode(self, ids: Iterable[int]) -> str:
-        first_special = self.special_ids["<|begin_of_text|>"]
-        return self.model.decode([int(i) for i in ids if i < first_special])
+        ranks = [self.id_to_rank[int(i)] for i in ids if int(i) not in self.special and int(i) in self.id_to_rank]
+        return self.model.decode(ranks)
+
+    def gguf_fields(self) -> dict:
+        """The GGUF metadata of this vocabulary, {key: (value, GGUF types)} (for export_gguf)."""
+        if self._gguf_fields is None:
+            raise ValueError(f"{self.path}: export_gguf writes the vocabulary of a tokenizer read from a GGUF "
+                             "file; a Llama 3 tiktoken file is not supported there: use export_hf")
+        return self._gguf_fields
 
 
 Tokenizer = SentencePieceTokenizer | TiktokenTokenizer
@@ -165,11 +195,116 @@ def _read_tiktoken_ranks(path: str, data: bytes) -> dict[bytes, int]:
     return ranks
 
 
+def llama3_tokenizer(path: str, ranks: dict[bytes, int]) -> TiktokenTokenizer:
+    special_ids = {name: len(ranks) + i for i, name in enumerate(LLAMA3_SPECIAL_TOKENS)}
+    encoding = tiktoken.Encoding(name=os.path.basename(path), pat_str=LLAMA3_SPLIT_PATTERN,
+                                 mergeable_ranks=ranks, special_tokens=special_ids)
+    eot = special_ids["<|eot_id|>"]
+    # Llama 3 has no pad token; padding is always masked, so eot serves.
+    return TiktokenTokenizer(path, encoding, special_ids, bos_id=special_ids["<|begin_of_text|>"], eos_id=eot,
+                             pad_id=eot, stop_ids={eot, special_ids["<|end_of_text|>"]}, chat_format="llama3")
+
+
+def gpt2_byte_alphabet() -> dict[str, int]:
+    """GPT-2's printable stand-ins for bytes, inverted: character -> byte. Byte-level BPE files
+    write token bytes as text; bytes that are printable Latin-1 characters stand for themselves,
+    the other 68 (controls, space, ...) are shifted to chr(256 + n): space is 'Ġ', newline 'Ċ'."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    alphabet, shifted = {chr(b): b for b in printable}, 0
+    for b in range(256):
+        if b not in printable:
+            alphabet[chr(256 + shifted)] = b
+            shifted += 1
+    return alphabet
+
+
+def gguf_bpe_tokenizer(path: str, reader) -> TiktokenTokenizer:
+    """A GGUF's byte-level BPE vocabulary (tokenizer.ggml.model == "gpt2") as a tiktoken Encoding.
+
+    tiktoken merges, inside each pre-token piece, the adjacent pair whose concatenation has the
+    lowest rank; Hugging Face's BPE merges the pair that comes first in its merge list. They agree
+    when rank = merge order, so: the single bytes get ranks 0..255, the token made by merge k
+    gets rank 256 + k, control tokens (token_type 3) are special tokens after those, and
+    `rank_to_id` maps ranks back to the file's ids. A byte the vocabulary lacks (SmolLM2 has no
+    token for 21 rare bytes, e.g. 0x04) is dropped from the ids, as Hugging Face's BPE drops it.
+    The one case where the two rules could differ: a token that is ALSO the concatenation of two
+    other tokens whose pair is not a merge (tiktoken would form it, Hugging Face would not). A
+    BPE trainer's merge list makes that rare; for SmolLM2's vocabulary the ids equal Hugging
+    Face's on 4.2M characters of text, code and random concatenations of its own tokens
+    (README, "SmolLM2 and GGUF"; tests/test_gguf.py checks a small vocabulary against a
+    merge-list implementation).
+    """
+    tokens, types = gguf_value(reader, "tokenizer.ggml.tokens"), gguf_value(reader, "tokenizer.ggml.token_type")
+    merges = gguf_value(reader, "tokenizer.ggml.merges")
+    if not tokens or types is None or len(types) != len(tokens) or merges is None:
+        raise ValueError(f"{path}: the GGUF's tokenizer is incomplete (tokens, token types and merges are needed)")
+    pre = gguf_value(reader, "tokenizer.ggml.pre", "default")
+    if pre not in GGUF_PRE_TOKENIZERS:
+        raise ValueError(f"{path}: pre-tokenizer {pre!r} is not supported; this project knows "
+                         f"{sorted(GGUF_PRE_TOKENIZERS)}")
+    alphabet, token_id = gpt2_byte_alphabet(), {token: i for i, token in enumerate(tokens)}
+    char_of = {byte: char for char, byte in alphabet.items()}
+    to_bytes = lambda token: bytes(alphabet[c] for c in token)     # noqa: E731
+    ranks = {bytes([b]): b for b in range(256)}
+    rank_to_id = [token_id.get(char_of[byte], -1) for byte in range(256)]
+    for merge in merges:
+        merged = merge.replace(" ", "", 1)                         # "Ġ t" -> "Ġt"
+        if merged in token_id and to_bytes(merged) not in ranks:
+            ranks[to_bytes(merged)] = len(ranks)
+            rank_to_id.append(token_id[merged])
+    special_ids = {token: i for i, (token, kind) in enumerate(zip(tokens, types)) if kind == GGUF_CONTROL}
+    special_ranks = {token: len(ranks) + n for n, token in enumerate(special_ids)}
+    rank_to_id += list(special_ids.values())
+    encoding = tiktoken.Encoding(name=os.path.basename(path), pat_str=GGUF_PRE_TOKENIZERS[pre],
+                                 mergeable_ranks=ranks, special_tokens=special_ranks)
+    fields = {key: (field.contents(), field.types) for key, field in reader.fields.items()
+              if key.startswith("tokenizer.")}
+    return _with_chat_format(path, encoding, special_ids, rank_to_id, token_id, reader, fields)
+
+
+def _with_chat_format(path, encoding, special_ids, rank_to_id, token_id, reader, fields) -> TiktokenTokenizer:
+    """Recognise the chat template of a GGUF (ChatML or Llama 3; never run as code) and pick
+    the ids that start a document, end an answer and pad."""
+    template = gguf_value(reader, "tokenizer.chat_template", "") or ""
+    metadata = {name: gguf_value(reader, f"tokenizer.ggml.{name}_token_id")
+                for name in ("bos", "eos", "padding", "unknown")}
+    chat_format, default_system = None, None
+    if "<|im_start|>" in template and "<|im_start|>" in token_id and "<|im_end|>" in token_id:
+        chat_format, eos = "chatml", token_id["<|im_end|>"]
+        # The system message the template inserts when the conversation has none (SmolLM2's).
+        found = re.search(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", template, re.S)
+        default_system = found.group(1) if found else None
+    elif "<|start_header_id|>" in template and "<|eot_id|>" in token_id:
+        chat_format, eos = "llama3", token_id["<|eot_id|>"]
+    else:
+        eos = metadata["eos"] if metadata["eos"] is not None else token_id.get("<|endoftext|>", 0)
+    stop_ids = {eos} | {i for i in (metadata["eos"], token_id.get("<|endoftext|>"), token_id.get("<|end_of_text|>"))
+                        if i is not None}
+    # A document starts with the model's BOS if it adds one, else with GPT-2's document separator.
+    add_bos = gguf_value(reader, "tokenizer.ggml.add_bos_token", False)
+    bos = metadata["bos"] if add_bos or "<|endoftext|>" not in token_id else token_id["<|endoftext|>"]
+    pad = metadata["padding"] if metadata["padding"] is not None else eos
+    return TiktokenTokenizer(path, encoding, special_ids, bos_id=bos, eos_id=eos, pad_id=pad, stop_ids=stop_ids,
+                             chat_format=chat_format, rank_to_id=rank_to_id, default_system=default_system,
+                             gguf_fields=fields)
+
+
 def load_tokenizer(path: str) -> Tokenizer:
-    """Load a Llama 2 (SentencePiece) or Llama 3 (tiktoken) tokenizer.model, detecting which."""
+    """Load a Llama 2 (SentencePiece) or Llama 3 (tiktoken) tokenizer.model, or the vocabulary
+    of a .gguf file, detecting which."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"tokenizer file {path} does not exist; pass the path of a Llama "
-                                "tokenizer.model or one written by train_sentencepiece")
+                                "tokenizer.model, a .gguf, or one written by train_sentencepiece")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == b"GGUF":
+        reader = open_gguf(path)
+        kind = gguf_value(reader, "tokenizer.ggml.model")
+        if kind != "gpt2":
+            raise ValueError(f"{path}: its vocabulary is {kind!r}; this project reads byte-level BPE GGUF "
+                             "vocabularies ('gpt2': SmolLM2, Llama 3, Qwen...) only: for a SentencePiece "
+                             "('llama') model pass its tokenizer.model with --tokenizer")
+        return gguf_bpe_tokenizer(path, reader)
     with open(path, "rb") as f:
         data = f.read()
     if not data:
@@ -177,7 +312,7 @@ def load_tokenizer(path: str) -> Tokenizer:
     # A tiktoken file is text whose first line is "<base64> <rank>"; a SentencePiece model is a
     # binary protobuf, which never looks like that.
     if re.fullmatch(rb"[A-Za-z0-9+/]+=* \d+\r?", data.split(b"\n", 1)[0]):
-        return TiktokenTokenizer(path, _read_tiktoken_ranks(path, data))
+        return llama3_tokenizer(path, _read_tiktoken_ranks(path, data))
     model = spm.SentencePieceProcessor()
     try:
         model.LoadFromSerializedProto(data)
@@ -236,7 +371,11 @@ def check_vocab(tok: Tokenizer, model_vocab_size: int, where: str) -> None:
 #   <|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>
 #   <|start_header_id|>user<|end_header_id|>\n\n{user}<|eot_id|>
 #   <|start_header_id|>assistant<|end_header_id|>\n\n{response}<|eot_id|>
-# A system prompt of None leaves the system part out.
+# ChatML (SmolLM2, Qwen; the GGUF's own template), special tokens inserted as ids, contents as
+# written (not stripped), and the template's default system message when none is given:
+#   <|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n
+#   <|im_start|>assistant\n{response}<|im_end|>\n
+# For Llama 2 / 3 a system prompt of None leaves the system part out.
 
 
 def _llama2_instruction(user: str, system: str | None) -> str:
@@ -250,22 +389,42 @@ def _llama3_header(tok: TiktokenTokenizer, role: str) -> list[int]:
     return [start, *tok.encode(role), end, *tok.encode("\n\n")]
 
 
+def _with_specials(tok: TiktokenTokenizer, parts: list[str]) -> list[int]:
+    """Ids of a rendered template given as alternating [special token, text, special, text, ...]
+    parts: exactly how Hugging Face tokenizes the template's string, where special tokens cut
+    the text into pieces that are encoded one by one."""
+    return [i for n, part in enumerate(parts)
+            for i in ([tok.special_ids[part]] if n % 2 == 0 else tok.encode(part))]
+
+
+def _chatml_parts(tok: TiktokenTokenizer, user: str, system: str | None) -> list[str]:
+    system = tok.default_system if system is None else system
+    parts = [] if system is None else ["<|im_start|>", f"system\n{system}", "<|im_end|>", "\n"]
+    return parts + ["<|im_start|>", f"user\n{user}", "<|im_end|>", "\n", "<|im_start|>"]
+
+
 def chat_prompt(tok: Tokenizer, user: str, system: str | None = None) -> list[int]:
     """Prompt ids for one user turn, ending where the model starts its answer (the response
     starts at index len(ids))."""
     if tok.chat_format == "llama2":
         return tok.encode(_llama2_instruction(user, system), bos=True)
-    ids = [tok.bos_id]
-    messages = [("user", user)] if system is None else [("system", system), ("user", user)]
-    for role, content in messages:
-        ids += _llama3_header(tok, role) + tok.encode(content.strip(), eos=True)  # + <|eot_id|>
-    return ids + _llama3_header(tok, "assistant")
+    if tok.chat_format == "chatml":
+        return _with_specials(tok, _chatml_parts(tok, user, system) + ["assistant\n"])
+    if tok.chat_format == "llama3":
+        ids = [tok.bos_id]
+        messages = [("user", user)] if system is None else [("system", system), ("user", user)]
+        for role, content in messages:
+            ids += _llama3_header(tok, role) + tok.encode(content.strip(), eos=True)  # + <|eot_id|>
+        return ids + _llama3_header(tok, "assistant")
+    raise ValueError(f"{tok.path}: its chat template is not one this project recognises "
+                     "(Llama 2, Llama 3, ChatML); prompt without --chat")
 
 
 def chat_example(tok: Tokenizer, user: str, response: str,
                  system: str | None = None) -> tuple[list[int], int]:
-    """A training example: (ids, response_start) with ids[response_start:] exactly the response
-    tokens including the closing eos_id. The distillation loss goes on those positions only."""
+    """A training example: (ids, response_start) with ids[response_start:] the response tokens
+    including the closing eos_id (and, for ChatML, the newline the template puts after it). The
+    distillation loss goes on those positions only."""
     prompt = chat_prompt(tok, user, system)
     if tok.chat_format == "llama2":
         # Meta tokenizes a finished turn as ONE string, "[INST] ... [/INST] {response} " + </s>.
@@ -273,9 +432,16 @@ def chat_example(tok: Tokenizer, user: str, response: str,
         ids = tok.encode(turn, bos=True, eos=True)
         # SentencePiece never merges across a space, so that string's ids start with the prompt's.
         assert ids[:len(prompt)] == prompt, "Llama 2 prompt ids are not a prefix of the turn's ids"
-    else:
-        ids = prompt + tok.encode(response.strip(), eos=True)  # eos_id is <|eot_id|>
-    return ids, len(prompt)
+        return ids, len(prompt)
+    if tok.chat_format == "chatml":
+        # "assistant\n{response}" is ONE piece of text between two special tokens, so it is
+        # encoded as one: almost always the prompt's ids then come first, but a response that
+        # starts with whitespace can merge with the newline; the response then starts at the
+        # first id that is not the prompt's.
+        ids = _with_specials(tok, _chatml_parts(tok, user, system) + [f"assistant\n{response}", "<|im_end|>", "\n"])
+        start = next((i for i, (a, b) in enumerate(zip(ids, prompt)) if a != b), len(prompt))
+        return ids, start
+    return prompt + tok.encode(response.strip(), eos=True), len(prompt)  # llama3: eos_id is <|eot_id|>
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -299,5 +465,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from speculative import run_cli   # the one error convention of every command line (imports torch)
     run_cli(main)

@@ -1,41 +1,23 @@
 """
-train.py: phases 0, 1 and 3 of the recipe (PAPER.md), one loop for all of them.
+train.py: phases 0, 1 and 3 of the recipe (PAPER.md section 2), one loop for all of them.
 
   --mode pretrain   next-token prediction (cross-entropy) on a plain-text corpus and/or on chat
                     examples with the prompt masked out. Phase 1 pretrains the draft on generic
-                    text; phase 0 (offline stand-in only) trains the stand-in chat TARGET on
-                    corpus + instruction data, where the real recipe would download Llama 2 Chat.
+                    text; phase 0 (synthetic world only) trains the stand-in chat TARGET.
   --mode distill    phase 3, knowledge distillation: the frozen target (--teacher) runs on the
-                    fly under no_grad on the target-generated data (distill_data.py) and the
-                    draft matches its full next-token distribution at every RESPONSE position
-                    with the chosen loss (--loss kld | tvd | tvdpp | rkl | jsd | ..., losses.py).
+                    fly under no_grad on the target-written data (distill_data.py) and the draft
+                    matches its full next-token distribution at every RESPONSE position with
+                    the chosen loss (--loss kld | tvd | tvdpp | lk | lk_hybrid | ..., losses.py).
 
-Every training example is one token sequence plus the index where the loss starts: corpus
-documents are learned whole, chat examples only from the response on. Batches are right-padded
-and a mask keeps padding and prompts out of the loss.
+Every example is one token sequence plus the index where the loss starts; batches group
+examples of similar length (little padding) and a mask keeps padding and prompts out of the loss.
 
-Runs survive being killed at any moment (SIGKILL included): re-running the same command
-continues from --out/ckpt.pt and ends with the same weights, bit for bit on CPU, as a run that
-was never interrupted. What makes that true:
-  * everything random or step-dependent is a pure function of (seed, step): the batch of step s
-    (`batch_indices`), the samples of on-policy losses (a generator seeded per step) and the
-    learning rate (`learning_rate`). So the checkpoint needs no data-loader state: model,
-    optimizer, step and torch's global RNG state (which nothing in the loop draws from today;
-    saving it keeps resume exact if something ever does, e.g. dropout) are all of it;
-  * ckpt.pt is written atomically (temp file, fsync, rename), AFTER the model directory: the
-    last good checkpoint is never replaced by a partial one, and a finished ckpt.pt means the
-    final model/ is complete too;
-  * log.jsonl is cut back to the checkpoint's step on resume, so the recomputed steps are not
-    logged twice;
-  * ckpt.pt records the model config and the settings that decide the result (seed, batch size,
-    learning-rate schedule, a hash of the tokenized data, ...): resuming with other ones would
-    not continue the same run, so it is refused with the differences named.
-The same purity makes DistributedDataParallel simple: under torchrun each rank takes its slice
-of the step's global batch, and a checkpoint resumes under any number of ranks.
-
-A non-finite loss or gradient stops the run with the step number before the optimizer touches
-the weights, so the last checkpoint stays good. Bad flags and files stop it before any work
-with one sentence (run_cli), never a traceback.
+Runs survive being killed at any moment (SIGKILL included) and resume to the same weights, bit
+for bit on CPU, because everything random or step-dependent is a pure function of (seed, step)
+(the batch of step s, the samples of on-policy losses, the learning rate), so a checkpoint needs
+no data-loader state; see `save_checkpoint` and `resume` for the rest. The same purity makes
+DistributedDataParallel simple: under torchrun each rank takes its slice of the step's batch, and
+a checkpoint resumes under any number of ranks.
 """
 
 import argparse
@@ -46,17 +28,21 @@ import os
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from data import load_corpus, load_jsonl_examples, load_jsonl_prompts, replace_atomically, write_atomically
+from checkpoints import load_model, save_model
+from common import (differences, format_seconds, mix_seed, rank_and_world, replace_atomically, run_cli,
+                    write_atomically)
+from data import load_corpus, load_jsonl_examples, load_jsonl_prompts
 from distill_data import load_distill_records
+from evaluate import evaluate_pair
 from losses import get_loss
-from model import Llama, count_params, get_config, load_model, save_model
-from speculative import evaluate_pair, run_cli
+from model import Llama, count_params, get_config
+from speculative import check_context
 from tokenizer import chat_example, chat_prompt, check_vocab, load_tokenizer
 
 
@@ -112,17 +98,28 @@ def fingerprint(examples: list[tuple[list[int], int]]) -> str:
     return hashlib.sha256(json.dumps(examples).encode()).hexdigest()[:16]
 
 
-def batch_indices(n_examples: int, batch_size: int, seed: int, step: int) -> list[int]:
-    """The global batch of `step`: examples [step*B, (step+1)*B) of an endless stream of
-    epochs, each epoch a fresh permutation seeded by (seed, epoch). A pure function of its
-    arguments, so resuming and sharding over ranks need no data-loader state."""
-    first, end = step * batch_size, (step + 1) * batch_size        # positions in the stream
-    indices = []
-    for epoch in range(first // n_examples, (end - 1) // n_examples + 1):   # usually just one
-        order = torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        begin = epoch * n_examples
-        indices += order[max(first, begin) - begin: min(end, begin + n_examples) - begin].tolist()
-    return indices
+BUCKET_BATCHES = 16   # batches whose examples are sorted by length together (see batch_indices)
+
+
+def batch_indices(lengths: list[int], batch_size: int, seed: int, step: int) -> list[int]:
+    """The examples of `step`'s batch: a pure function of its arguments, so resuming and sharding
+    over ranks need no data-loader state.
+
+    Epoch e = step // (batches per epoch) visits a fresh permutation of the examples (seeded by
+    seed and e; the n % batch_size left over sit the epoch out). Each window of BUCKET_BATCHES
+    batches is sorted by length and cut into batches, so a batch holds examples of similar length
+    and little of it is padding; then the epoch's batches are shuffled, so lengths do not come
+    in order. Every example still weighs the same in expectation."""
+    n = len(lengths)
+    per_epoch = n // batch_size
+    epoch, batch = divmod(step, per_epoch)
+    generator = torch.Generator().manual_seed(mix_seed(seed, epoch))
+    order = torch.randperm(n, generator=generator).tolist()[: per_epoch * batch_size]
+    window = BUCKET_BATCHES * batch_size
+    order = [i for w in range(0, len(order), window) for i in sorted(order[w: w + window], key=lambda i: lengths[i])]
+    batches = torch.randperm(per_epoch, generator=generator).tolist()
+    first = batches[batch] * batch_size
+    return order[first: first + batch_size]
 
 
 def collate(examples: list[tuple[list[int], int]], pad_id: int):
@@ -144,7 +141,7 @@ def collate(examples: list[tuple[list[int], int]], pad_id: int):
 
 
 # ----------------------------------------------------------------------------------------------
-# Optimisation helpers
+# Optimisation
 # ----------------------------------------------------------------------------------------------
 
 def learning_rate(step: int, max_steps: int, lr: float, warmup: int, min_ratio: float = 0.1) -> float:
@@ -155,12 +152,12 @@ def learning_rate(step: int, max_steps: int, lr: float, warmup: int, min_ratio: 
     return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def make_optimizer(model: Llama, lr: float, weight_decay: float, device: torch.device):
+def make_optimizer(model: Llama, lr: float, weight_decay: float):
     """AdamW; weight decay on matrices only (not on norms), as in nanoGPT."""
     matrices = [p for p in model.parameters() if p.dim() >= 2]
     vectors = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": matrices, "weight_decay": weight_decay}, {"params": vectors, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=model.device.type == "cuda")
 
 
 def objective(model, teacher, loss_fn, inputs, targets, mask, generator):
@@ -174,10 +171,104 @@ def objective(model, teacher, loss_fn, inputs, targets, mask, generator):
 
 
 # ----------------------------------------------------------------------------------------------
-# The run directory: checkpoint, log, resume
+# The run: its models, its data, its directory (checkpoint, log, resume)
 # ----------------------------------------------------------------------------------------------
 
-CHECKPOINT_KEYS = ("model", "optimizer", "step", "config", "settings", "rng")
+@dataclass
+class Run:
+    """Everything one training run works with, built once by `setup`."""
+    args: argparse.Namespace
+    rank: int
+    world: int
+    device: torch.device
+    tok: object
+    model: Llama                  # the model being trained
+    teacher: Llama | None         # distill: the frozen target
+    loss_fn: object
+    eval_pair: tuple | None       # (target, prompts) for the block-efficiency check, or None
+    train_examples: list
+    eval_examples: list
+    micro_batch: int
+    accumulation: int
+    settings: dict                # what decides the weights (checked on resume)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.args.out, name)
+
+
+def init_distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
+    """(rank, world_size, device). Under torchrun: one process per GPU with NCCL, or gloo on CPU."""
+    rank, world = rank_and_world()
+    use_cuda = torch.cuda.is_available() and device_arg in (None, "cuda")
+    if world > 1:
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local_rank)
+        return rank, world, torch.device("cuda", local_rank)
+    return rank, world, torch.device(device_arg or "cpu")
+
+
+def build_models(args, tok, device):
+    """(model being trained, teacher or None, loss function or None, eval_pair or None)."""
+    model = (load_model(args.init, device) if args.init
+             else Llama(get_config(args.preset, vocab_size=tok.vocab_size)).to(device))
+    check_vocab(tok, model.config.vocab_size, args.init or f"preset {args.preset}")
+    teacher, loss_fn = None, None
+    if args.mode == "distill":
+        loss_fn = get_loss(args.loss)
+        teacher = load_model(args.teacher, device).requires_grad_(False)
+        check_vocab(tok, teacher.config.vocab_size, args.teacher)
+    eval_target = teacher
+    if eval_target is None and args.eval_target:
+        eval_target = load_model(args.eval_target, device)
+        check_vocab(tok, eval_target.config.vocab_size, args.eval_target)
+    if eval_target is None or not args.eval_prompts:
+        return model, teacher, loss_fn, None
+    records = load_jsonl_prompts(args.eval_prompts)[: args.eval_n_prompts]
+    prompts = [chat_prompt(tok, r["prompt"], r.get("system")) for r in records]
+    for i, prompt in enumerate(prompts, 1):
+        for checked in (model, eval_target):
+            check_context(checked, len(prompt) + args.eval_max_new_tokens, f"prompt {i} of {args.eval_prompts} "
+                          f"with --eval-max-new-tokens {args.eval_max_new_tokens}")
+    return model, teacher, loss_fn, (eval_target, prompts)
+
+
+def run_settings(args, examples: list[tuple[list[int], int]]) -> dict:
+    """Everything besides the model config that decides the weights a run ends with. Not in
+    here, because they change nothing or only the float rounding: the device, the number of
+    ranks, --micro-batch-size, --compile and the logging / evaluation / checkpoint intervals."""
+    return {"mode": args.mode, "loss": get_loss(args.loss).__name__ if args.mode == "distill" else None,
+            "seed": args.seed, "max_steps": args.max_steps, "batch_size": args.batch_size,
+            "lr": args.lr, "warmup": args.warmup, "weight_decay": args.weight_decay,
+            "grad_clip": args.grad_clip, "data_hash": fingerprint(examples)}
+
+
+def setup(args) -> Run:
+    """Models, data and batch layout of the run, every file and flag checked before training."""
+    rank, world, device = init_distributed(args.device)
+    prepare_run_dir(args.out)
+    torch.manual_seed(args.seed)
+    tok = load_tokenizer(args.tokenizer)
+    model, teacher, loss_fn, eval_pair = build_models(args, tok, device)
+    max_len = args.max_len or model.config.max_seq_len
+    if max_len > model.config.max_seq_len:
+        raise ValueError(f"--max-len {max_len} exceeds the model's context ({model.config.max_seq_len})")
+    examples = load_examples(args.data.split(","), tok, max_len)
+    train_examples, eval_examples = split_examples(examples)
+    if len(train_examples) < args.batch_size:
+        raise ValueError(f"--batch-size {args.batch_size} is more than the {len(train_examples)} training "
+                         "examples; lower --batch-size or add data")
+    micro_batch = args.micro_batch_size or max(1, args.batch_size // world)
+    if args.batch_size % (world * micro_batch) != 0:
+        raise ValueError(f"--batch-size {args.batch_size} must be a multiple of world size ({world}) "
+                         f"x --micro-batch-size ({micro_batch})")
+    return Run(args, rank, world, device, tok, model, teacher, loss_fn, eval_pair, train_examples, eval_examples,
+               micro_batch, args.batch_size // (world * micro_batch), run_settings(args, examples))
 
 
 def prepare_run_dir(out: str) -> None:
@@ -191,21 +282,7 @@ def prepare_run_dir(out: str) -> None:
                          "choose another --out") from None
 
 
-def run_settings(args, examples: list[tuple[list[int], int]]) -> dict:
-    """Everything besides the model config that decides the weights a run ends with. Not in
-    here, because they change nothing or only the float rounding: the device, the number of
-    ranks, --micro-batch-size, --compile and the logging / evaluation / checkpoint intervals."""
-    return {"mode": args.mode, "loss": get_loss(args.loss).__name__ if args.mode == "distill" else None,
-            "seed": args.seed, "max_steps": args.max_steps, "batch_size": args.batch_size,
-            "lr": args.lr, "warmup": args.warmup, "weight_decay": args.weight_decay,
-            "grad_clip": args.grad_clip, "data_hash": fingerprint(examples)}
-
-
-def differences(before: dict, now: dict, then: str = "in the checkpoint") -> str:
-    """'key: A in the checkpoint, B now; ...' for every key whose value differs (only those: a
-    whole config in an error message hides the one field that matters)."""
-    return "; ".join(f"{key}: {before.get(key)!r} {then}, {now.get(key)!r} now"
-                     for key in sorted(before.keys() | now.keys()) if before.get(key) != now.get(key))
+CHECKPOINT_KEYS = ("model", "optimizer", "step", "config", "settings", "rng")
 
 
 def load_checkpoint(path: str, device: torch.device) -> dict:
@@ -223,10 +300,70 @@ def load_checkpoint(path: str, device: torch.device) -> dict:
     return ckpt
 
 
+def resume(run: Run, optimizer) -> int | None:
+    """Continue from --out/ckpt.pt if there is one: its step (None if the run starts afresh).
+
+    ckpt.pt records the model config and the settings that decide the result (seed, batch
+    size, learning-rate schedule, a hash of the tokenized data, ...): resuming with other ones
+    would not continue the same run, so it is refused with the differences named. log.jsonl is
+    cut back to the checkpoint's step, so the recomputed steps are not logged twice."""
+    ckpt_path, step = run.path("ckpt.pt"), None
+    if os.path.exists(ckpt_path):
+        ckpt = load_checkpoint(ckpt_path, run.device)
+        config = asdict(run.model.config)
+        if ckpt["config"] != config:
+            raise ValueError(f"{ckpt_path} holds a model of another config ({differences(ckpt['config'], config)}); "
+                             "use the --preset/--init it was trained with, or another --out")
+        if ckpt["settings"] != run.settings:
+            raise ValueError(f"{ckpt_path} belongs to a run with other settings ({differences(ckpt['settings'], run.settings)}); "
+                             f"rerun the original command to resume it, or use another --out "
+                             f"(with --init {run.path('model')} to start from its weights)")
+        run.model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rng"]["cpu"].cpu())
+        if run.device.type == "cuda" and ckpt["rng"]["cuda"] is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), run.device)
+        step = ckpt["step"]
+        if run.is_main:
+            print(f"resuming from {ckpt_path} at step {step}")
+    if run.world > 1:
+        # Rank 0 alone writes ckpt.pt but every rank reads it, so every rank must see the same
+        # file: with --out on one host's local disk, the other hosts' ranks would start over at
+        # step 0 and train on other batches with other optimizer states until they hang.
+        steps = [None] * run.world
+        dist.all_gather_object(steps, step)
+        if len(set(steps)) > 1:
+            raise ValueError(f"the ranks found different checkpoints in {ckpt_path} (the step of rank r "
+                             f"is entry r of {steps}); on several hosts, put --out on a filesystem "
+                             "that every host shares")
+    if run.is_main:
+        trim_log(run.path("log.jsonl"), step or 0)
+    return step
+
+
+def save_checkpoint(run: Run, optimizer, step: int, saved_step: int | None) -> None:
+    """model/ first, then ckpt.pt, each written atomically (temp file, fsync, rename): the last
+    good checkpoint is never replaced by a partial one, and a finished ckpt.pt means the final
+    model/ is complete too. torch's global RNG state is saved although nothing in the loop draws
+    from it today, so that resume stays exact if something ever does (e.g. dropout)."""
+    if not run.is_main:
+        return
+    rng = {"cpu": torch.get_rng_state(),
+           "cuda": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None}
+    try:
+        save_model(run.model, run.path("model"))
+        state = {"model": run.model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                 "config": asdict(run.model.config), "settings": run.settings, "rng": rng}
+        replace_atomically(run.path("ckpt.pt"), lambda tmp: torch.save(state, tmp))
+    except OSError as error:                                    # e.g. a full disk
+        last = f"step {saved_step}" if saved_step is not None else "the start"
+        raise ValueError(f"cannot save the checkpoint of step {step} in {run.args.out} ({error.strerror}); "
+                         f"make room and run the same command again: it resumes from {last}") from None
+
+
 def trim_log(path: str, step: int) -> None:
-    """Keep only the complete records of steps <= `step`, atomically. A resumed run trains the
-    steps after its checkpoint again and logs them again; without this they would appear twice
-    (and a line torn by a kill would break every reader of the log)."""
+    """Keep only the complete records of steps <= `step`, atomically (a line torn by a kill
+    would break every reader of the log)."""
     if not os.path.exists(path):
         return
     with open(path, encoding="utf-8", errors="replace") as f:
@@ -243,62 +380,123 @@ def trim_log(path: str, step: int) -> None:
         write_atomically(path, "".join(kept))
 
 
+def log(run: Run, record: dict) -> None:
+    if run.is_main:
+        print(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()), flush=True)
+        with open(run.path("log.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
 # ----------------------------------------------------------------------------------------------
-# Distributed set-up (torchrun) and evaluation
+# One step, the held-out evaluation, the loop
 # ----------------------------------------------------------------------------------------------
 
-def init_distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
-    """(rank, world_size, device). Under torchrun: one process per GPU with NCCL, or gloo on CPU."""
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    use_cuda = torch.cuda.is_available() and device_arg in (None, "cuda")
-    if world > 1:
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    if use_cuda:
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local_rank)
-        return rank, world, torch.device("cuda", local_rank)
-    return rank, world, torch.device(device_arg or "cpu")
+def train_step(run: Run, train_model, optimizer, step: int, saved_step: int | None):
+    """One optimizer step on step `step`'s batch: (its loss as a tensor, its learning rate, the
+    padded tokens it processed)."""
+    args = run.args
+    lr = learning_rate(step, args.max_steps, args.lr, args.warmup)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    lengths = [len(ids) for ids, _ in run.train_examples]
+    global_batch = [run.train_examples[i] for i in batch_indices(lengths, args.batch_size, args.seed, step)]
+    global_tokens = int(collate(global_batch, run.tok.pad_id)[2].sum())     # trained tokens of the whole step
+    mine = global_batch[run.rank::run.world]                                # this rank's share
+    generator = torch.Generator(run.device).manual_seed(mix_seed(args.seed, step))  # on-policy losses sample with it
+    step_loss, processed = torch.zeros((), device=run.device), 0
+    for micro in range(run.accumulation):
+        inputs, targets, mask = collate(mine[micro * run.micro_batch: (micro + 1) * run.micro_batch], run.tok.pad_id)
+        # Weight each micro-batch's mean by its share of the step's trained tokens, so the
+        # gradient is the mean over all of them, whatever the split (DDP averages over ranks,
+        # hence the factor world). Counted on the CPU: on the GPU the count would make the CPU wait.
+        share = int(mask.sum()) / global_tokens
+        inputs, targets, mask = inputs.to(run.device), targets.to(run.device), mask.to(run.device)
+        last = micro == run.accumulation - 1
+        sync = train_model.no_sync() if (run.world > 1 and not last) else nullcontext()   # all-reduce once per step
+        with sync, torch.autocast(run.device.type, torch.bfloat16, enabled=run.device.type == "cuda"):
+            loss = objective(train_model, run.teacher, run.loss_fn, inputs, targets, mask, generator)
+            (loss * share * run.world).backward()
+        step_loss += loss.detach() * share
+        processed += inputs.numel() * run.world
+    if run.world > 1:
+        dist.all_reduce(step_loss)
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), args.grad_clip)
+    # Stop BEFORE the optimizer step: a non-finite gradient would poison the weights (and the
+    # next checkpoint). Every rank sees the same all-reduced loss and gradients.
+    if not (torch.isfinite(step_loss) and torch.isfinite(grad_norm)):
+        kept = (f"the last good checkpoint (step {saved_step}) stays in {run.path('ckpt.pt')}, and --init "
+                f"{run.path('model')} starts from its weights" if saved_step is not None
+                else "no checkpoint was written yet")
+        raise ValueError(f"training diverged at step {step + 1}: loss {step_loss.item():.4g}, gradient norm "
+                         f"{grad_norm.item():.4g} (learning rate {lr:.3g}); lower --lr or lengthen --warmup "
+                         f"(or check the data) and train into a new --out; {kept}")
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return step_loss, lr, processed
 
 
 @torch.no_grad()
-def evaluate(model, teacher, loss_fn, eval_examples, pad_id, device, micro_batch, eval_pair, args):
+def evaluate(run: Run) -> dict:
     """Held-out loss (the training objective) and, if a target and prompts are given, the
     block efficiency of speculative decoding at --eval-gamma on a few held-out prompts."""
-    model.eval()
+    run.model.eval()
     total, weight = 0.0, 0
-    for i in range(0, len(eval_examples), micro_batch):
-        inputs, targets, mask = (t.to(device) for t in collate(eval_examples[i: i + micro_batch], pad_id))
-        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-            loss = objective(model, teacher, loss_fn, inputs, targets, mask, torch.Generator(device).manual_seed(0))
+    for i in range(0, len(run.eval_examples), run.micro_batch):
+        inputs, targets, mask = (t.to(run.device) for t in collate(run.eval_examples[i: i + run.micro_batch], run.tok.pad_id))
+        with torch.autocast(run.device.type, torch.bfloat16, enabled=run.device.type == "cuda"):
+            loss = objective(run.model, run.teacher, run.loss_fn, inputs, targets, mask,
+                             torch.Generator(run.device).manual_seed(0))
         total, weight = total + loss.item() * int(mask.sum()), weight + int(mask.sum())
     result = {"eval_loss": total / max(weight, 1)}
-    if eval_pair is not None:
-        target, prompts = eval_pair
-        stats = evaluate_pair(target, model, prompts, args.eval_gamma, 1.0, args.eval_max_new_tokens,
-                              eos_id=args.eos_id, seed=args.seed)
+    if run.eval_pair is not None:
+        target, prompts = run.eval_pair
+        stats = evaluate_pair(target, run.model, prompts, run.args.eval_gamma, 1.0, run.args.eval_max_new_tokens,
+                              stop_ids=run.tok.stop_ids, seed=run.args.seed)
         result["block_efficiency"], result["acceptance_rate"] = stats["block_efficiency"], stats["acceptance_rate"]
-    model.train()
+    run.model.train()
     return result
 
 
-def format_seconds(seconds: float) -> str:
-    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+def train(run: Run, optimizer, step: int, saved_step: int | None) -> None:
+    """Steps `step`..max_steps, logging, evaluating and checkpointing at their intervals."""
+    args = run.args
+    train_model = torch.compile(run.model) if args.compile else run.model
+    if run.world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(train_model)
+    run.model.train()
+    started, processed, start_step = time.perf_counter(), 0, step
+    while step < args.max_steps:
+        loss, lr, tokens = train_step(run, train_model, optimizer, step, saved_step)
+        processed += tokens
+        step += 1
+        if step % args.log_interval == 0 or step == args.max_steps:
+            elapsed = time.perf_counter() - started
+            eta = elapsed / (step - start_step) * (args.max_steps - step)
+            log(run, {"step": step, "loss": loss.item(), "lr": lr, "tok/s": round(processed / elapsed),
+                      "eta": format_seconds(eta)})
+        if (step % args.eval_interval == 0 or step == args.max_steps) and run.is_main:
+            log(run, {"step": step, **evaluate(run)})
+        if step % args.ckpt_interval == 0 or step == args.max_steps:
+            save_checkpoint(run, optimizer, step, saved_step)
+            saved_step = step
+    if step == start_step and run.is_main:
+        print(f"{args.out} already finished {step} steps; nothing to do")
 
 
 # ----------------------------------------------------------------------------------------------
-# The command line and the training loop
+# The command line
 # ----------------------------------------------------------------------------------------------
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Pretrain (phases 0/1) or distill (phase 3) a Llama model.")
     p.add_argument("--mode", choices=["pretrain", "distill"], required=True)
     p.add_argument("--data", required=True, help="comma-separated .txt corpus / .jsonl example files")
-    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--tokenizer", required=True, help="tokenizer.model or a .gguf (the target's vocabulary)")
     p.add_argument("--out", required=True, help="run directory: ckpt.pt, model/ and log.jsonl")
     p.add_argument("--preset", default=None, help="model preset to train from scratch (model.PRESETS)")
     p.add_argument("--init", default=None, help="checkpoint to start from (e.g. the pretrained draft)")
-    p.add_argument("--teacher", default=None, help="distill: the target model")
-    p.add_argument("--loss", default="tvdpp", help="distill: kld, tvd, tvdpp (tvd++), rkl, jsd, ...")
+    p.add_argument("--teacher", default=None, help="distill: the target model (a directory or a .gguf)")
+    p.add_argument("--loss", default="tvdpp", help="distill: kld, tvd, tvdpp (tvd++), lk, lk_hybrid, ...")
     p.add_argument("--max-steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=32, help="sequences per optimizer step (global)")
     p.add_argument("--micro-batch-size", type=int, default=None, help="sequences per forward per rank")
@@ -349,170 +547,15 @@ def check_args(args) -> None:
 def main(argv=None):
     args = parse_args(argv)
     check_args(args)
-    rank, world, device = init_distributed(args.device)
-    is_main = rank == 0
-    prepare_run_dir(args.out)
-    torch.manual_seed(args.seed)
-    tok = load_tokenizer(args.tokenizer)
-    args.eos_id = tok.eos_id
-
-    # --- the model being trained, and the frozen target for distillation / evaluation ---
-    model = (load_model(args.init, device) if args.init
-             else Llama(get_config(args.preset, vocab_size=tok.vocab_size)).to(device))
-    check_vocab(tok, model.config.vocab_size, args.init or f"preset {args.preset}")
-    teacher, loss_fn = None, None
-    if args.mode == "distill":
-        loss_fn = get_loss(args.loss)
-        teacher = load_model(args.teacher, device).requires_grad_(False)
-        check_vocab(tok, teacher.config.vocab_size, args.teacher)
-    eval_target, eval_pair = teacher, None
-    if eval_target is None and args.eval_target:
-        eval_target = load_model(args.eval_target, device)
-        check_vocab(tok, eval_target.config.vocab_size, args.eval_target)
-    if eval_target is not None and args.eval_prompts:
-        records = load_jsonl_prompts(args.eval_prompts)[: args.eval_n_prompts]
-        prompts = [chat_prompt(tok, r["prompt"], r.get("system")) for r in records]
-        context = min(model.config.max_seq_len, eval_target.config.max_seq_len)
-        for i, prompt in enumerate(prompts):
-            if len(prompt) + args.eval_max_new_tokens > context:
-                raise ValueError(f"{args.eval_prompts}: prompt {i + 1} has {len(prompt)} tokens, too many for "
-                                 f"--eval-max-new-tokens {args.eval_max_new_tokens} in a context of {context}; "
-                                 f"shorten it or lower --eval-max-new-tokens")
-        eval_pair = (eval_target, prompts)
-
-    # --- data ---
-    max_len = args.max_len or model.config.max_seq_len
-    if max_len > model.config.max_seq_len:
-        raise ValueError(f"--max-len {max_len} exceeds the model's context ({model.config.max_seq_len})")
-    examples = load_examples(args.data.split(","), tok, max_len)
-    train_examples, eval_examples = split_examples(examples)
-    micro_batch = args.micro_batch_size or max(1, args.batch_size // world)
-    if args.batch_size % (world * micro_batch) != 0:
-        raise ValueError(f"--batch-size {args.batch_size} must be a multiple of world size ({world}) "
-                         f"x --micro-batch-size ({micro_batch})")
-    accumulation = args.batch_size // (world * micro_batch)
-
-    # --- optimizer, resume ---
-    optimizer = make_optimizer(model, args.lr, args.weight_decay, device)
-    ckpt_path, log_path, step = os.path.join(args.out, "ckpt.pt"), os.path.join(args.out, "log.jsonl"), 0
-    settings = run_settings(args, examples)
-    if os.path.exists(ckpt_path):
-        ckpt = load_checkpoint(ckpt_path, device)
-        if ckpt["config"] != asdict(model.config):
-            raise ValueError(f"{ckpt_path} holds a model of another config ({differences(ckpt['config'], asdict(model.config))}); "
-                             "use the --preset/--init it was trained with, or another --out")
-        if ckpt["settings"] != settings:
-            raise ValueError(f"{ckpt_path} belongs to a run with other settings ({differences(ckpt['settings'], settings)}); "
-                             f"rerun the original command to resume it, or use another --out "
-                             f"(with --init {os.path.join(args.out, 'model')} to start from its weights)")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["rng"]["cpu"].cpu())
-        if device.type == "cuda" and ckpt["rng"]["cuda"] is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), device)
-        step = ckpt["step"]
-        del ckpt
-        if is_main:
-            print(f"resuming from {ckpt_path} at step {step}")
-    if world > 1:
-        # Rank 0 alone writes ckpt.pt but every rank reads it, so every rank must see the same
-        # file: with --out on one host's local disk, the other hosts' ranks would start over at
-        # step 0 and train on other batches with other optimizer states until they hang.
-        steps = [None] * world
-        dist.all_gather_object(steps, step)
-        if len(set(steps)) > 1:
-            raise ValueError(f"the ranks found different checkpoints in {ckpt_path} (the step of rank r "
-                             f"is entry r of {steps}); on several hosts, put --out on a filesystem "
-                             "that every host shares")
-    saved_step = step if os.path.exists(ckpt_path) else None
-    if is_main:
-        trim_log(log_path, step)
-    train_model = torch.compile(model) if args.compile else model
-    if world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(train_model)
-    if is_main:
-        print(f"{args.mode}: {count_params(model):,} parameters, {len(train_examples):,} train / "
-              f"{len(eval_examples):,} held-out examples, {world} rank(s) x {micro_batch} x {accumulation} "
-              f"accumulation = {args.batch_size} sequences per step, device {device}")
-
-    def save_checkpoint():
-        if not is_main:
-            return
-        rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-        try:
-            save_model(model, os.path.join(args.out, "model"))      # first: ckpt.pt is the commit point
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                     "config": asdict(model.config), "settings": settings, "rng": rng}
-            replace_atomically(ckpt_path, lambda tmp: torch.save(state, tmp))   # never a torn ckpt.pt
-        except OSError as error:                                    # e.g. a full disk
-            last = f"step {saved_step}" if saved_step is not None else "the start"
-            raise ValueError(f"cannot save the checkpoint of step {step} in {args.out} ({error.strerror}); "
-                             f"make room and run the same command again: it resumes from {last}") from None
-
-    def log(record: dict):
-        if is_main:
-            print(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()), flush=True)
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    model.train()
-    started, tokens_seen, start_step = time.perf_counter(), 0, step
-    while step < args.max_steps:
-        lr = learning_rate(step, args.max_steps, args.lr, args.warmup)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        # This rank's share of the step's global batch, in micro-batches.
-        global_batch = [train_examples[i] for i in batch_indices(len(train_examples), args.batch_size, args.seed, step)]
-        global_tokens = int(collate(global_batch, tok.pad_id)[2].sum())    # masked tokens of the whole step
-        mine = global_batch[rank::world]
-        generator = torch.Generator(device).manual_seed(args.seed * 1_000_003 + step)   # on-policy losses sample with it
-        step_loss = torch.zeros((), device=device)
-        for micro in range(accumulation):
-            inputs, targets, mask = collate(mine[micro * micro_batch: (micro + 1) * micro_batch], tok.pad_id)
-            # Weight each micro-batch's mean by its share of the global batch's tokens, so the
-            # gradient is the mean over all masked tokens of the step, whatever the split.
-            # (DDP averages gradients over ranks, hence the factor world.) Counted on the CPU,
-            # before the copy to the device: a count on the GPU would make the CPU wait for it.
-            share = int(mask.sum()) / global_tokens
-            inputs, targets, mask = inputs.to(device), targets.to(device), mask.to(device)
-            last = micro == accumulation - 1
-            sync = train_model.no_sync() if (world > 1 and not last) else nullcontext()   # all-reduce once per step
-            with sync, torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-                loss = objective(train_model, teacher, loss_fn, inputs, targets, mask, generator)
-                (loss * share * world).backward()
-            step_loss += loss.detach() * share
-            tokens_seen += inputs.numel() * world      # processed tokens, padding included (tok/s)
-        if world > 1:
-            dist.all_reduce(step_loss)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-        # Stop BEFORE the optimizer step: a non-finite gradient would poison the weights (and
-        # the next checkpoint). Every rank sees the same all-reduced loss and gradients.
-        if not (torch.isfinite(step_loss) and torch.isfinite(grad_norm)):
-            kept = (f"the last good checkpoint (step {saved_step}) stays in {ckpt_path}, and --init "
-                    f"{os.path.join(args.out, 'model')} starts from its weights" if saved_step is not None
-                    else "no checkpoint was written yet")
-            raise ValueError(f"training diverged at step {step + 1}: loss {step_loss.item():.4g}, gradient norm "
-                             f"{grad_norm.item():.4g} (learning rate {lr:.3g}); lower --lr or lengthen --warmup "
-                             f"(or check the data) and train into a new --out; {kept}")
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-
-        if step % args.log_interval == 0 or step == args.max_steps:
-            elapsed = time.perf_counter() - started
-            rate = tokens_seen / elapsed
-            eta = elapsed / (step - start_step) * (args.max_steps - step)
-            log({"step": step, "loss": step_loss.item(), "lr": lr, "tok/s": round(rate), "eta": format_seconds(eta)})
-        if step % args.eval_interval == 0 or step == args.max_steps:
-            if is_main:
-                log({"step": step, **evaluate(model, teacher, loss_fn, eval_examples, tok.pad_id, device,
-                                              micro_batch, eval_pair, args)})
-        if step % args.ckpt_interval == 0 or step == args.max_steps:
-            save_checkpoint()
-            saved_step = step
-    if step == start_step and is_main:
-        print(f"{args.out} already finished {step} steps; nothing to do")
-    if world > 1:
+    run = setup(args)
+    optimizer = make_optimizer(run.model, args.lr, args.weight_decay)
+    saved_step = resume(run, optimizer)
+    if run.is_main:
+        print(f"{args.mode}: {count_params(run.model):,} parameters, {len(run.train_examples):,} train / "
+              f"{len(run.eval_examples):,} held-out examples, {run.world} rank(s) x {run.micro_batch} x "
+              f"{run.accumulation} accumulation = {args.batch_size} sequences per step, device {run.device}")
+    train(run, optimizer, saved_step or 0, saved_step)
+    if run.world > 1:
         dist.destroy_process_group()
 
 

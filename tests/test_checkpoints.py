@@ -12,8 +12,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from model import (Llama, apply_rope, config_from_hf, export_hf, get_config, hf_to_meta_name,
-                   load_model, meta_ffn_dim, meta_to_hf_name, permute_for_hf, save_model)
+from checkpoints import (config_from_hf, export_hf, hf_to_meta_name, load_model, meta_ffn_dim, meta_to_hf_name,
+                         permute_for_hf, save_model)
+from model import Llama, apply_rope, get_config
 
 # Llama 2 style: multi-head attention, separate LM head.
 LLAMA2 = get_config("test", n_kv_heads=4)
@@ -298,7 +299,7 @@ def test_config_missing_key(tmp_path):
 
 @pytest.mark.parametrize("change,message", [
     ({"attention_bias": True}, "attention_bias"),
-    ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "linear"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 2.0}}, "yarn"),
     ({"head_dim": 16}, "head_dim"),
 ])
 def test_unsupported_hf_config(change, message):

@@ -27,8 +27,9 @@ import evaluate
 import speculative
 import tokenizer
 import train
-from model import Llama, get_config, save_model
-from speculative import run_cli
+from checkpoints import save_model
+from model import Llama, get_config
+from common import run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAINS = {"train": train.main, "distill_data": distill_data.main, "speculative": speculative.main,
@@ -182,21 +183,21 @@ CASES = [
     ("speculative", {"--top-p": "1.5"}, "top_p must be in (0, 1]"),
     ("distill_data", {"--top-ps": "1.5"}, "top_p must be in (0, 1]"),
     ("speculative", {"--top-k": "0"}, "top_k must be >= 1"),
-    ("speculative", {"--compile": True}, "--compile speeds up the CUDA-graph path: add --cuda-graphs"),
+    ("speculative", {"--decode-path": "graphs"}, "needs the models on a CUDA GPU"),
+    ("evaluate", {"--decode-path": "compile+graphs"}, "needs the models on a CUDA GPU"),
+    ("speculative", {"--tokenizer": None}, "give --tokenizer"),
     # an empty or malformed prompts file, with the line number
-    ("speculative", {"--bench": True, "--prompts": "{empty}"}, "JSONL file is empty"),
-    ("speculative", {"--bench": True, "--prompts": "{malformed}"}, "malformed.jsonl:2: invalid JSON"),
+    ("evaluate", {"--prompts": "story={malformed}"}, "malformed.jsonl:2: invalid JSON"),
     ("evaluate", {"--prompts": "story={empty}"}, "JSONL file is empty"),
     ("distill_data", {"--prompts": "{empty}"}, "JSONL file is empty"),
     ("train", {"--data": "{malformed}"}, 'malformed.jsonl:1: "response" must be a non-empty string'),
     # a prompt longer than the context
     ("speculative", {"--target": "{short}", "--draft": "{short}", "--prompt": LONG}, "the model's context is 16"),
-    ("speculative", {"--target": "{short}", "--bench": True, "--prompts": "{prompts}", "--prompt": None},
-     "prompt 1 of"),
-    ("evaluate", {"--target": "{short}"}, "the model's context is 16"),
+    ("evaluate", {"--target": "{short}"}, "prompt 1 of"),
+    ("evaluate", {"--target": "{short}", "--speedup": True}, "the model's context is 16"),
     ("distill_data", {"--target": "{short}"}, "leaving no room for an answer"),
     ("train", {"--eval-target": "{short}", "--eval-prompts": "{prompts}", "--eval-max-new-tokens": "8"},
-     "prompt 1 has"),
+     "prompt 1 of"),
     # an output path that cannot be written (checked before any model is loaded)
     ("train", {"--out": "{file}/run", "--preset": None, "--init": "{corrupt}"}, "cannot write the run directory"),
     ("distill_data", {"--out": "{file}/distill.jsonl"}, "cannot create the output directory"),

@@ -16,8 +16,9 @@ import data
 import distill_data
 from distill_data import (DEFAULT_SYSTEM, distill, load_distill_records, make_batches, make_jobs,
                           sampling_grid)
-from model import Llama, get_config, load_model, save_model
-from speculative import run_cli
+from checkpoints import load_model, save_model
+from model import Llama, get_config
+from common import run_cli
 from tokenizer import chat_prompt, train_sentencepiece
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -153,9 +154,10 @@ def test_seed_changes_sampled_records_but_not_greedy_ones(setup, reference, tmp_
 # ---------------------------------------------------------------------------- crash recovery
 
 def count_batches(monkeypatch) -> list:
+    """Count the batches generated: every call of Decoder.generate is one batch."""
     calls = []
-    original = distill_data.generate_batch
-    monkeypatch.setattr(distill_data, "generate_batch", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = distill_data.Decoder.generate
+    monkeypatch.setattr(distill_data.Decoder, "generate", lambda *a, **k: calls.append(1) or original(*a, **k))
     return calls
 
 

@@ -29,7 +29,8 @@ import data
 import distill_data
 import train
 from distill_data import load_distill_records
-from model import Llama, ModelConfig, save_model
+from checkpoints import save_model
+from model import Llama, ModelConfig
 from tokenizer import train_sentencepiece
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

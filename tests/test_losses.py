@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from losses import LOSSES, get_loss, jsd, kld, rkl, tvd, tvdpp, tvdpp_exact, tvdpp_onpolicy
+from losses import LK_ETA, LOSSES, get_loss, jsd, kld, lk, lk_hybrid, rkl, tvd, tvdpp, tvdpp_datatoken, tvdpp_onpolicy
 
 EPS = 1e-6  # the advantage epsilon PAPER.md fixes
 
@@ -52,21 +52,25 @@ def test_hand_computed_values_with_a_garbage_masked_position():
         + 0.5 * (0.25 * math.log(0.25 / 0.375) + 0.75 * math.log(0.75 / 0.625)),
         "tvd": 0.25,
         # -sum_x q A log q with A = ((1 - 1/4), (0 - 1/4)) / (std + eps)
-        "tvdpp_exact": -(0.25 * 0.75 * math.log(0.25) - 0.75 * 0.25 * math.log(0.75)) / (std + EPS),
+        "tvdpp": -(0.25 * 0.75 * math.log(0.25) - 0.75 * 0.25 * math.log(0.75)) / (std + EPS),
+        # alpha = min(1/2, 1/4) + min(1/2, 3/4) = 3/4
+        "lk": -math.log(0.75),
+        "lk_hybrid": math.exp(-LK_ETA * 0.75) * (0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75))
+        + (1 - math.exp(-LK_ETA * 0.75)) * 0.25,
     }
     for name, value in expected.items():
         got = LOSSES[name](draft_logits, target_logits, tokens, mask)
         assert got.item() == pytest.approx(value, rel=1e-5), name
 
 
-def test_tvdpp_hand_computed():
+def test_tvdpp_datatoken_hand_computed():
     # four positions, vocab 2, data token 0: (p(y), q(y)) chosen so only the first has r = 1
     p_at_token = [0.8, 0.3, 0.5, 0.2]
     q_at_token = [0.4, 0.6, 0.9, 0.5]
     to_logits = lambda probs: torch.tensor([[[math.log(x), math.log(1 - x)] for x in probs]])
     tokens = torch.zeros(1, 4, dtype=torch.long)
     mask = torch.ones(1, 4, dtype=torch.bool)
-    value = tvdpp(to_logits(q_at_token), to_logits(p_at_token), tokens, mask)
+    value = tvdpp_datatoken(to_logits(q_at_token), to_logits(p_at_token), tokens, mask)
     # r = (1, 0, 0, 0): mean 1/4, population std sqrt(3)/4, A = (3/4, -1/4, -1/4, -1/4) / (std + eps)
     advantages = [a / (math.sqrt(3) / 4 + EPS) for a in (0.75, -0.25, -0.25, -0.25)]
     expected = -sum(a * math.log(q) for a, q in zip(advantages, q_at_token)) / 4
@@ -112,9 +116,9 @@ def test_rkl_and_jsd_match_float64_transcriptions():
         assert value.item() == pytest.approx(reference.item(), rel=1e-5), loss_fn.__name__
 
 
-def test_tvdpp_matches_direct_transcription_of_paper_formula():
+def test_tvdpp_datatoken_matches_direct_transcription_of_its_formula():
     draft_logits, target_logits, tokens, mask = random_case(batch=4, time=8, seed=4)
-    value, grad = loss_and_grad(tvdpp, draft_logits, target_logits, tokens, mask)
+    value, grad = loss_and_grad(tvdpp_datatoken, draft_logits, target_logits, tokens, mask)
 
     draft64 = draft_logits.double().requires_grad_(True)
     q_y = torch.softmax(draft64, -1).gather(-1, tokens[..., None]).squeeze(-1)                     # (B, T)
@@ -166,9 +170,67 @@ def test_closed_form_gradients_from_the_module_docstring(name):
     torch.testing.assert_close(grad, full.float(), atol=1e-6, rtol=1e-4)
 
 
-def test_exact_variant_gradient_is_grad_tvd_divided_by_the_per_position_std():
+def test_tvdpp_matches_direct_transcription_of_paper_formula():
+    """PAPER.md 3.4 written out in float64: r, mu_t, sigma_t, A_t under q_t, per position."""
+    draft_logits, target_logits, tokens, mask = random_case(batch=4, time=8, seed=4)
+    value, grad = loss_and_grad(tvdpp, draft_logits, target_logits, tokens, mask)
+    draft64 = draft_logits.double().requires_grad_(True)
+    q = torch.softmax(draft64, -1)
+    p = torch.softmax(target_logits.double(), -1)
+    r = (p > q).double().detach()                                         # r_t(x) = 1[p_t(x) > q_t(x)]
+    mu = (q * r).sum(-1, keepdim=True).detach()
+    sigma = (q * (r - mu) ** 2).sum(-1, keepdim=True).sqrt().detach()
+    advantage = (r - mu) / (sigma + EPS)
+    per_position = -((q * advantage).detach() * q.log()).sum(-1)         # (B, T)
+    reference = (per_position * mask).sum() / mask.sum()
+    reference.backward()
+    assert value.item() == pytest.approx(reference.item(), rel=1e-5)
+    torch.testing.assert_close(grad, draft64.grad.float(), atol=1e-6, rtol=1e-4)
+
+
+def test_lk_losses_match_direct_transcription_of_paper_formula():
+    """PAPER.md 3.5 in float64: lk = mean -log alpha_t; lk_hybrid = lambda KL + (1 - lambda) TVD,
+    lambda = exp(-eta stopgrad(mean alpha))."""
+    draft_logits, target_logits, tokens, mask = random_case(batch=4, time=8, seed=3)
+    for loss_fn in (lk, lk_hybrid):
+        value, grad = loss_and_grad(loss_fn, draft_logits, target_logits, tokens, mask)
+        draft64 = draft_logits.double().requires_grad_(True)
+        q, p = torch.softmax(draft64[mask], -1), torch.softmax(target_logits[mask].double(), -1)
+        alpha = torch.minimum(p, q).sum(-1)
+        if loss_fn is lk:
+            reference = -alpha.log().mean()
+        else:
+            weight = torch.exp(-LK_ETA * alpha.mean().detach())
+            kl = (p * (p / q).log()).sum(-1).mean()
+            reference = weight * kl + (1 - weight) * (1 - alpha).mean()
+        reference.backward()
+        assert value.item() == pytest.approx(reference.item(), rel=1e-5), loss_fn.__name__
+        torch.testing.assert_close(grad, draft64.grad.float(), atol=1e-6, rtol=1e-4)
+
+
+def test_lk_gradient_is_grad_tvd_over_alpha_per_position():
     draft_logits, target_logits, tokens, mask = random_case(seed=7)
-    _, grad_exact = loss_and_grad(tvdpp_exact, draft_logits, target_logits, tokens, mask)
+    _, grad_lk = loss_and_grad(lk, draft_logits, target_logits, tokens, mask)
+    _, grad_tvd = loss_and_grad(tvd, draft_logits, target_logits, tokens, mask)
+    alpha = torch.minimum(probs64(target_logits, mask), probs64(draft_logits, mask)).sum(-1, keepdim=True)
+    torch.testing.assert_close(grad_lk[mask], (grad_tvd[mask] / alpha).float(), atol=1e-6, rtol=1e-4)
+
+
+def test_lk_hybrid_leans_on_kl_far_from_the_target_and_on_tvd_near_it():
+    draft_logits, target_logits, tokens, mask = random_case(seed=7)
+    for target, share_of_kl in ((target_logits, "large"), (draft_logits + 0.01 * target_logits, "small")):
+        _, grad = loss_and_grad(lk_hybrid, draft_logits, target, tokens, mask)
+        _, grad_kld = loss_and_grad(kld, draft_logits, target, tokens, mask)
+        _, grad_tvd = loss_and_grad(tvd, draft_logits, target, tokens, mask)
+        alpha = torch.minimum(probs64(target, mask), probs64(draft_logits, mask)).sum(-1).mean()
+        weight = math.exp(-LK_ETA * float(alpha))                        # lambda
+        torch.testing.assert_close(grad, (weight * grad_kld + (1 - weight) * grad_tvd), atol=1e-6, rtol=1e-4)
+        assert (weight > 0.1) if share_of_kl == "large" else (weight < 0.06)
+
+
+def test_tvdpp_gradient_is_grad_tvd_divided_by_the_per_position_std():
+    draft_logits, target_logits, tokens, mask = random_case(seed=7)
+    _, grad_exact = loss_and_grad(tvdpp, draft_logits, target_logits, tokens, mask)
     _, grad_tvd = loss_and_grad(tvd, draft_logits, target_logits, tokens, mask)
     p, q = probs64(target_logits, mask), probs64(draft_logits, mask)
     mass_under_estimated = (q * (p > q)).sum(-1, keepdim=True)       # E_q[r] for binary r
@@ -194,9 +256,9 @@ def test_onpolicy_average_gradient_points_along_grad_tvd_unlike_the_data_token_v
     # on-policy: y ~ q drawn inside the loss (the tokens argument is unused)
     grad_onpolicy = summed_gradient(tvdpp_onpolicy, lambda: tokens, samples=600)
     assert F.cosine_similarity(grad_onpolicy, grad_tvd.flatten(), dim=0) > 0.95
-    # the paper's variant, with fresh data tokens y ~ p each time: it weights by p, not q
+    # the data-token variant, with fresh data tokens y ~ p each time: it weights by p, not q
     draw_from_target = lambda: torch.multinomial(target_probs, 1, generator=generator).reshape(2, 8)
-    grad_paper = summed_gradient(tvdpp, draw_from_target, samples=300)
+    grad_paper = summed_gradient(tvdpp_datatoken, draw_from_target, samples=300)
     assert F.cosine_similarity(grad_paper, grad_tvd.flatten(), dim=0) < 0.9
 
 
@@ -210,32 +272,32 @@ def test_zero_with_zero_gradient_when_draft_equals_target(name):
         assert value.item() == 0 and grad.abs().max() == 0
 
 
-def test_tvdpp_has_no_gradient_once_the_draft_underestimates_every_data_token():
-    # documented behaviour, the reason TVD++ (PAPER.md's reading) can stall far from the target
-    # (README, "Results, CPU preset"): data tokens written by the target at low temperature are
+def test_tvdpp_datatoken_has_no_gradient_once_the_draft_underestimates_every_data_token():
+    # documented behaviour, the reason the data-token reading of TVD++ stalls far from the target
+    # (losses.py section 3, docs/lab-notes.md): data tokens written by the target at low temperature are
     # its most likely tokens, a draft flatter than the target gives each of them less
     # probability (every reward 1), std(r) = 0, every advantage 0 -- however far q is from p.
-    # KLD and the exact-vocabulary TVD++ still pull such a draft toward the target: a small
-    # gradient step on either lowers its TVD.
+    # KLD, TVD++ (exact, per position) and the LK losses still pull such a draft toward the
+    # target: a small gradient step on any of them lowers its TVD.
     target_logits = 4 * random_case(seed=11)[1]                      # a sharp target
     draft_logits = 0.25 * target_logits                              # the same ranking, flatter
     tokens = target_logits.argmax(-1)                                 # greedy (T=0) data tokens
     mask = torch.ones(tokens.shape, dtype=torch.bool)
     assert tvd(draft_logits, target_logits, tokens, mask) > 0.3       # far from the target
-    value, grad = loss_and_grad(tvdpp, draft_logits, target_logits, tokens, mask)
+    value, grad = loss_and_grad(tvdpp_datatoken, draft_logits, target_logits, tokens, mask)
     assert value.item() == 0 and grad.abs().max() == 0
-    for other in (kld, tvdpp_exact):
+    for other in (kld, tvdpp, lk, lk_hybrid):
         step = loss_and_grad(other, draft_logits, target_logits, tokens, mask)[1]
         moved = draft_logits - 0.5 * step / step.norm()
         assert tvd(moved, target_logits, tokens, mask) < tvd(draft_logits, target_logits, tokens, mask) - 1e-3
 
 
-def test_tvdpp_gradient_does_not_shrink_near_the_target():
+def test_tvdpp_datatoken_gradient_does_not_shrink_near_the_target():
     # documented behaviour: dividing by std(r) makes the step size scale free, unlike KL's q - p
     draft_logits, _, tokens, mask = random_case(seed=10)
     noise = torch.randn(draft_logits.shape, generator=torch.Generator().manual_seed(0))
     target_logits = draft_logits + 1e-3 * noise
-    _, grad_tvdpp = loss_and_grad(tvdpp, draft_logits, target_logits, tokens, mask)
+    _, grad_tvdpp = loss_and_grad(tvdpp_datatoken, draft_logits, target_logits, tokens, mask)
     _, grad_kld = loss_and_grad(kld, draft_logits, target_logits, tokens, mask)
     assert grad_tvdpp.norm() > 100 * grad_kld.norm()
 
@@ -299,7 +361,7 @@ def test_target_receives_no_gradient(name):
 
 def test_get_loss_accepts_the_cli_alias_and_rejects_unknown_names():
     assert get_loss("tvd++") is tvdpp and get_loss("kld") is kld
-    valid = "valid names: kld, tvd, tvdpp, rkl, jsd, tvdpp_onpolicy, tvdpp_exact, tvd"
+    valid = "valid names: kld, tvd, tvdpp, lk, lk_hybrid, rkl, jsd, tvdpp_datatoken, tvdpp_onpolicy, tvd"
     with pytest.raises(ValueError, match=valid):
         get_loss("nope")
 
@@ -313,6 +375,6 @@ def test_bad_inputs_raise_one_clear_error():
     with pytest.raises(ValueError, match="mask.bool"):
         tvd(draft_logits, target_logits, tokens, mask.long())
     with pytest.raises(ValueError, match=r"\[0, 7\)"):
-        tvdpp(draft_logits, target_logits, torch.full_like(tokens, 7), mask)
+        tvdpp_datatoken(draft_logits, target_logits, torch.full_like(tokens, 7), mask)
     with pytest.raises(ValueError, match="max_chunk_elems"):
         tvd(draft_logits, target_logits, tokens, mask, max_chunk_elems=0)

@@ -153,7 +153,8 @@ def test_fused_projections_change_nothing_but_the_kernels(n_kv_heads, tmp_path):
     """fuse_projections: the stacked products are what runs (the separate wq/wk/wv/w1/w3 modules
     are never called), with the same logits (full pass and cached decoding), the same parameter
     names and shapes (views into the stacked matrices), and a checkpoint that loads unfused."""
-    from model import load_model, save_model
+    from checkpoints import load_model, save_model
+    from fast_decode import fuse_projections
     model = random_model(n_kv_heads=n_kv_heads)
     tokens = random_tokens(2, 12, model.config.vocab_size)
     shapes = {name: p.shape for name, p in model.named_parameters()}
@@ -165,7 +166,7 @@ def test_fused_projections_change_nothing_but_the_kernels(n_kv_heads, tmp_path):
     with torch.no_grad():
         full, cached = model(tokens), decode_in_chunks(model, tokens, [5, 1, 1, 3, 2])
         assert len(calls) > 0                                   # unfused: the separate products run
-        model.fuse_projections()
+        fuse_projections(model)
         calls.clear()
         torch.testing.assert_close(model(tokens), full, atol=ATOL, rtol=0)
         torch.testing.assert_close(decode_in_chunks(model, tokens, [5, 1, 1, 3, 2]), cached, atol=ATOL, rtol=0)

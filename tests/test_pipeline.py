@@ -33,7 +33,8 @@ import evaluate
 import tokenizer
 import train
 from distill_data import load_distill_records
-from model import Llama, ModelConfig, save_model
+from checkpoints import save_model
+from model import Llama, ModelConfig
 
 SEED = 0
 # A world of ~120 chat examples and 40 plain-text stories: enough for a 2-layer target to learn

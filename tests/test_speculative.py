@@ -30,9 +30,9 @@ import pytest
 import torch
 
 from model import Llama, count_params, get_config
-from speculative import (block_stats, evaluate_pair, generate, generate_batch, mean_ci95,
-                         memory_bound_speedup, predicted_block_efficiency, sample, sample_probs,
-                         speculative_generate, verify)
+from evaluate import evaluate_pair, mean_ci95, memory_bound_speedup, plain_tokens_per_s, predicted_block_efficiency
+from speculative import (block_stats, generate, generate_batch, sample, sample_probs, speculative_generate,
+                         verify)
 
 SIGNIFICANCE = 0.001   # chi-square tests: a correct implementation fails 1 time in 1000 seeds
 
@@ -245,7 +245,7 @@ def test_generate_batch_cuts_each_row_at_its_own_eos():
     prompts = [[1, 2, 3, 4, 5, 6], [7], [3, 9, 2]]
     full = generate_batch(model, prompts, 10, temperature=0)
     eos_id = full[0][3]
-    cut = generate_batch(model, prompts, 10, temperature=0, eos_id=eos_id)
+    cut = generate_batch(model, prompts, 10, temperature=0, stop_ids={eos_id})
     assert cut == [row[: row.index(eos_id) + 1] if eos_id in row else row for row in full]
     assert len(cut[0]) <= 4
 
@@ -254,17 +254,21 @@ def test_generate_batch_cuts_each_row_at_its_own_eos():
 # verify: the rejection-sampling rule on hand-built distributions
 # ----------------------------------------------------------------------------------------------
 
+def as_ints(tensors) -> tuple[int, ...]:
+    return tuple(int(t) for t in tensors)
+
+
 def test_verify_greedy_accepts_the_matching_prefix():
     def one_hot(tokens: list[int]) -> torch.Tensor:       # temperature 0: one-hot distributions
         return torch.nn.functional.one_hot(torch.tensor(tokens), 5).float()
 
     draft_tokens = torch.tensor([2, 4, 1])
     target_probs = one_hot([2, 4, 3, 0])                   # agrees on 2 tokens, then wants 3
-    assert verify(draft_tokens, one_hot([2, 4, 1]), target_probs) == (2, 3)
+    assert as_ints(verify(draft_tokens, one_hot([2, 4, 1]), target_probs)) == (2, 3)
     target_probs = one_hot([2, 4, 1, 0])                   # agrees on all: bonus = argmax p_4
-    assert verify(draft_tokens, one_hot([2, 4, 1]), target_probs) == (3, 0)
+    assert as_ints(verify(draft_tokens, one_hot([2, 4, 1]), target_probs)) == (3, 0)
     target_probs = one_hot([4, 4, 1, 0])                   # first token wrong: nothing accepted
-    assert verify(draft_tokens, one_hot([2, 4, 1]), target_probs) == (0, 4)
+    assert as_ints(verify(draft_tokens, one_hot([2, 4, 1]), target_probs)) == (0, 4)
 
 
 def test_verify_accepts_exactly_while_u_q_below_p():
@@ -281,7 +285,7 @@ def test_verify_accepts_exactly_while_u_q_below_p():
         u = torch.rand(3, generator=replay)
         q_x, p_x = draft_probs[range(3), draft_tokens], target_probs[range(3), draft_tokens]
         expected = next((i for i in range(3) if not u[i] * q_x[i] < p_x[i]), 3)
-        n_accepted, next_token = verify(draft_tokens, draft_probs, target_probs, generator)
+        n_accepted, next_token = as_ints(verify(draft_tokens, draft_probs, target_probs, generator))
         assert n_accepted == expected
         support = target_probs[3] > 0 if n_accepted == 3 else target_probs[n_accepted] > draft_probs[n_accepted]
         assert support[next_token], (n_accepted, int(next_token))
@@ -299,7 +303,7 @@ def test_verify_output_is_distributed_as_the_target():
     n_draws = 6000
     for _ in range(n_draws):
         x = sample(q, generator).view(1)
-        n_accepted, next_token = verify(x, q[None], torch.stack([p, bonus]), generator)
+        n_accepted, next_token = as_ints(verify(x, q[None], torch.stack([p, bonus]), generator))
         counts[int(x) if n_accepted == 1 else int(next_token)] += 1
         accepted += n_accepted
     assert chi_square_p_value(counts, p) > SIGNIFICANCE, counts
@@ -420,9 +424,9 @@ def test_greedy_eos_stops_like_generate(gamma):
     eos_id = greedy[5]                                     # a token the target emits early
     stop = greedy.index(eos_id)
     assert stop >= 2
-    tokens, _ = speculative_generate(target, draft, prompt, 16, gamma, temperature=0, eos_id=eos_id)
+    tokens, _ = speculative_generate(target, draft, prompt, 16, gamma, temperature=0, stop_ids={eos_id})
     assert tokens.tolist() == greedy[: stop + 1]
-    assert tokens.tolist() == generate(target, prompt, 16, temperature=0, eos_id=eos_id).tolist()
+    assert tokens.tolist() == generate(target, prompt, 16, temperature=0, stop_ids={eos_id}).tolist()
 
 
 def test_sampled_output_ends_at_its_first_eos():
@@ -430,7 +434,7 @@ def test_sampled_output_ends_at_its_first_eos():
     draft = perturbed_copy(target, noise=0.3)
     lengths = []
     for seed in range(10):
-        tokens, stats = speculative_generate(target, draft, [1], 12, 3, eos_id=0,
+        tokens, stats = speculative_generate(target, draft, [1], 12, 3, stop_ids={0},
                                              generator=torch.Generator().manual_seed(seed))
         tokens = tokens.tolist()
         assert 0 not in tokens[:-1] and (tokens[-1] == 0 or len(tokens) == 12), tokens
@@ -525,13 +529,13 @@ def test_measured_tau_and_alpha_match_the_iid_prediction():
 
 
 def test_block_stats_by_hand():
-    stats = block_stats([2, 0, 3], [3, 3, 3], gamma=3, target_calls=3, draft_calls=9, seconds=0.5, n_tokens=8)
+    stats = block_stats([2, 0, 3], [3, 3, 3], n_tokens=8, seconds=0.5)
     assert stats["block_efficiency"] == pytest.approx(8 / 3)            # (2+1 + 0+1 + 3+1) / 3 blocks
     assert stats["acceptance_rate"] == pytest.approx(5 / 7)             # tests: 3 + 1 + 3 (full block)
     assert (stats["target_calls"], stats["draft_calls"], stats["new_tokens"]) == (3, 9, 8)
-    assert math.isnan(block_stats([], [], 3, 0, 0, 0.0, 0)["block_efficiency"])
+    assert math.isnan(block_stats([], [], 0, 0.0)["block_efficiency"])
     # A short last block (drafted 1 at the end of a context) fully accepted made 1 test, not gamma.
-    short = block_stats([2, 1], [3, 1], gamma=3, target_calls=2, draft_calls=4, seconds=0.1, n_tokens=5)
+    short = block_stats([2, 1], [3, 1], n_tokens=5, seconds=0.1)
     assert short["acceptance_rate"] == pytest.approx(3 / 4)             # tests: 3 + 1
 
 
@@ -558,7 +562,9 @@ def test_evaluate_pair_pools_runs_seeded_per_prompt():
     target = random_model(0, vocab_size=16)
     draft = perturbed_copy(target, noise=0.3)
     prompts, gamma = [[1], [2, 3], [4, 5, 6]], 2
-    result = evaluate_pair(target, draft, prompts, gamma, 1.0, 10, seed=7, baseline=True)
+    baseline = plain_tokens_per_s(target, prompts, 10, 1.0, seed=7)
+    assert baseline > 0
+    result = evaluate_pair(target, draft, prompts, gamma, 1.0, 10, seed=7, baseline_tokens_per_s=baseline)
     runs = [speculative_generate(target, draft, prompt, 10, gamma, 1.0,
                                  generator=torch.Generator().manual_seed(7 + i))[1]   # seed + prompt index
             for i, prompt in enumerate(prompts)]
@@ -571,7 +577,7 @@ def test_evaluate_pair_pools_runs_seeded_per_prompt():
     assert result["predicted_block_efficiency"] == pytest.approx(predicted_block_efficiency(alpha, gamma))
     assert result["mbsu"] == pytest.approx(memory_bound_speedup(count_params(target), count_params(draft),
                                                                 result["block_efficiency"], gamma))
-    assert result["speedup"] == pytest.approx(result["tokens_per_s"] / result["baseline_tokens_per_s"])
+    assert result["speedup"] == pytest.approx(result["tokens_per_s"] / baseline)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,115 @@
+"""
+fast_decode.py: what makes decoding fast on a GPU, kept apart so model.py and speculative.py
+read without it. Nothing here changes WHAT is computed, only how many kernels it takes and how
+they are launched; tests/test_gpu.py checks every path against eager decoding.
+
+Why decoding needs this. A decode step at batch 1 reads every weight once and does a few FLOPs
+per byte, and it is made of hundreds of small kernels (30 layers x ~15 for SmolLM2). Launched one
+by one from Python, each costs the CPU a few microseconds, which at these sizes is longer than the
+GPU needs to run it: the GPU waits for the CPU. Three remedies, each optional:
+  fuse_projections  wq/wk/wv and w1/w3 of every layer as one matrix each: fewer, larger products.
+  compiled_step     torch.compile fuses the element-wise work (norms, RoPE, SwiGLU) of a step.
+  CudaGraph         records a whole step -- a model call AND its sampling and bookkeeping -- once,
+                    then replays it with one launch. speculative.py writes its steps so that they
+                    can be recorded: every input and output lives at a fixed address on the device
+                    and no step asks the host a question.
+DECODE_PATHS names the combinations that bench.py compares and the CLIs offer (--decode-path).
+"""
+
+import functools
+
+import torch
+import torch.nn as nn
+
+from model import Llama
+
+DECODE_PATHS = ("eager", "graphs", "compile+graphs", "fused+compile+graphs")
+
+
+@torch.no_grad()
+def fuse_projections(model: Llama) -> Llama:
+    """Store wq, wk, wv of every layer as row blocks of ONE matrix, and w1, w3 likewise.
+
+    At batch 1 each projection is a matrix-vector product that reads its whole matrix, so
+    one product over the stacked matrix reads the same bytes with one kernel instead of
+    three (two). The parameters keep their names and shapes, now as views into the stacked
+    matrix, so state_dict(), save_model and the exports see the usual Llama weights. For
+    inference only, and after .to(device, dtype) (which would copy the views apart again).
+    """
+    def stack(linears: list[nn.Linear]) -> torch.Tensor:
+        stacked = torch.cat([linear.weight for linear in linears])          # (sum of outs, in)
+        first = 0
+        for linear in linears:
+            rows = linear.out_features
+            linear.weight = nn.Parameter(stacked[first: first + rows], requires_grad=False)
+            first += rows
+        return stacked
+
+    for layer in model.layers:
+        layer.attention.wqkv = stack([layer.attention.wq, layer.attention.wk, layer.attention.wv])
+        layer.feed_forward.w13 = stack([layer.feed_forward.w1, layer.feed_forward.w3])
+    return model
+
+
+def compiled_step(model: Llama):
+    """model's forward compiled by torch.compile, for the decode steps (short inputs of few
+    shapes). The compiled function is Llama.forward with the model as an argument, so every model
+    of one config shares one compilation; the first call of a new shape compiles again, and
+    torch.compile then makes the dimensions that changed dynamic (the verify length, the cache
+    size), so a handful of compilations serve every gamma and decoder. Each takes a while."""
+    # Move the RoPE tables first: moving them inside the compiled function would be a change of
+    # Python state that a fullgraph compilation refuses.
+    model.rope_cos, model.rope_sin = model.rope_cos.to(model.device), model.rope_sin.to(model.device)
+    # torch.compile keeps one compiled version per input shape and by default refuses a 9th
+    # (an error with fullgraph=True). A target and a draft with decode, verify and several
+    # batch shapes need more, and the count is shared by every model: allow 64.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    return functools.partial(_compiled_forward, model)
+
+
+_compiled_forward = torch.compile(Llama.forward, fullgraph=True)   # lazy: compiles on its first call
+
+
+class CudaGraph:
+    """fn() -- a zero-argument function whose tensors all live at fixed addresses -- run once
+    normally, then recorded as a CUDA graph; every later call replays the recording.
+
+    The first call is a real step: it runs on a side stream (capture needs the lazy work --
+    torch.compile's compilation, cuBLAS's workspace -- done before it starts), and then the
+    capture records the same kernels without running them. A replay runs exactly the recorded
+    kernels on whatever the fixed tensors hold now, and returns the same output tensors,
+    overwritten. Random numbers: `generator` is registered with the graph, so each replay
+    draws the next numbers of its stream, the same ones fn() would have drawn eagerly.
+    """
+
+    def __init__(self, fn, generator: torch.Generator | None = None):
+        self.fn, self.generator, self.graph, self.output = fn, generator, None, None
+
+    def __call__(self):
+        if self.graph is not None:
+            self.graph.replay()
+            return self.output
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            output = self.fn()                         # the warm-up is this call's real step
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        if self.generator is not None:                 # the default generator needs no registration
+            self.graph.register_generator_state(self.generator)
+        with torch.cuda.graph(self.graph):             # records kernels; nothing runs
+            self.output = self.fn()
+        return output
+
+
+def apply_decode_path(models: list[Llama], path: str) -> dict:
+    """Fuse the models' projections if `path` asks for it; return the decoders' options
+    {"graphs": bool, "compile": bool} for that path (one of DECODE_PATHS)."""
+    if path not in DECODE_PATHS:
+        raise ValueError(f"unknown decode path {path!r}; choose one of {DECODE_PATHS}")
+    if path != "eager" and not all(model.device.type == "cuda" for model in models):
+        raise ValueError(f"decode path {path!r} needs the models on a CUDA GPU; use 'eager' on this machine")
+    if path.startswith("fused"):
+        for model in {id(m): m for m in models}.values():
+            fuse_projections(model)
+    return {"graphs": path != "eager", "compile": "compile" in path}
