@@ -209,11 +209,11 @@ def loop_costs(target: Llama, draft: Llama, path: str, gamma: int, temperature: 
     block_wall = (spec_seconds[long] - spec_seconds[short]) / (blocks[long] - blocks[short])
     token_wall = (plain_seconds[long] - plain_seconds[short]) / (long - short)
     # The GPU time of the recorded steps, replayed from a fixed position (reset between replays).
-    first = int(speculative.length)
+    first = 1 + 64 + short          # a position inside the decoder's slots, whatever the last run left
     block_graph = speculative.graphs.recorded[(gamma, (temperature, None, None))]
     step_graph = plain.graphs.recorded[(temperature, None, None)]
     block_gpu = cuda_time(lambda: (speculative.length.fill_(first), block_graph()), repeats=50)
-    start = int(plain.length)
+    start = 64 + short
     token_gpu = cuda_time(lambda: (plain.length.fill_(start), step_graph()), repeats=50)
     row = {"path": path, "gamma": gamma, "target_params": count_params(target), "draft_params": count_params(draft),
            "block_gpu_ms": block_gpu * 1e3, "block_wall_ms": block_wall * 1e3,

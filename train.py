@@ -21,6 +21,7 @@ a checkpoint resumes under any number of ranks.
 """
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -101,7 +102,7 @@ def fingerprint(examples: list[tuple[list[int], int]]) -> str:
 BUCKET_BATCHES = 16   # batches whose examples are sorted by length together (see batch_indices)
 
 
-def batch_indices(lengths: list[int], batch_size: int, seed: int, step: int) -> list[int]:
+def batch_indices(lengths: tuple[int, ...], batch_size: int, seed: int, step: int) -> list[int]:
     """The examples of `step`'s batch: a pure function of its arguments, so resuming and sharding
     over ranks need no data-loader state.
 
@@ -110,16 +111,20 @@ def batch_indices(lengths: list[int], batch_size: int, seed: int, step: int) -> 
     batches is sorted by length and cut into batches, so a batch holds examples of similar length
     and little of it is padding; then the epoch's batches are shuffled, so lengths do not come
     in order. Every example still weighs the same in expectation."""
-    n = len(lengths)
-    per_epoch = n // batch_size
-    epoch, batch = divmod(step, per_epoch)
+    epoch, batch = divmod(step, len(lengths) // batch_size)
+    return epoch_batches(tuple(lengths), batch_size, seed, epoch)[batch]
+
+
+@functools.lru_cache(maxsize=2)      # computed once per epoch, not once per step
+def epoch_batches(lengths: tuple[int, ...], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Epoch `epoch`'s batches, in the order they are trained (see batch_indices)."""
+    per_epoch = len(lengths) // batch_size
     generator = torch.Generator().manual_seed(mix_seed(seed, epoch))
-    order = torch.randperm(n, generator=generator).tolist()[: per_epoch * batch_size]
+    order = torch.randperm(len(lengths), generator=generator).tolist()[: per_epoch * batch_size]
     window = BUCKET_BATCHES * batch_size
     order = [i for w in range(0, len(order), window) for i in sorted(order[w: w + window], key=lambda i: lengths[i])]
-    batches = torch.randperm(per_epoch, generator=generator).tolist()
-    first = batches[batch] * batch_size
-    return order[first: first + batch_size]
+    batches = [order[b * batch_size: (b + 1) * batch_size] for b in range(per_epoch)]
+    return [batches[b] for b in torch.randperm(per_epoch, generator=generator).tolist()]
 
 
 def collate(examples: list[tuple[list[int], int]], pad_id: int):
@@ -191,6 +196,7 @@ class Run:
     micro_batch: int
     accumulation: int
     settings: dict                # what decides the weights (checked on resume)
+    lengths: tuple = ()           # of the training examples, for the length-bucketed batches
 
     @property
     def is_main(self) -> bool:
@@ -268,7 +274,8 @@ def setup(args) -> Run:
         raise ValueError(f"--batch-size {args.batch_size} must be a multiple of world size ({world}) "
                          f"x --micro-batch-size ({micro_batch})")
     return Run(args, rank, world, device, tok, model, teacher, loss_fn, eval_pair, train_examples, eval_examples,
-               micro_batch, args.batch_size // (world * micro_batch), run_settings(args, examples))
+               micro_batch, args.batch_size // (world * micro_batch), run_settings(args, examples),
+               tuple(len(ids) for ids, _ in train_examples))
 
 
 def prepare_run_dir(out: str) -> None:
@@ -398,8 +405,7 @@ def train_step(run: Run, train_model, optimizer, step: int, saved_step: int | No
     lr = learning_rate(step, args.max_steps, args.lr, args.warmup)
     for group in optimizer.param_groups:
         group["lr"] = lr
-    lengths = [len(ids) for ids, _ in run.train_examples]
-    global_batch = [run.train_examples[i] for i in batch_indices(lengths, args.batch_size, args.seed, step)]
+    global_batch = [run.train_examples[i] for i in batch_indices(run.lengths, args.batch_size, args.seed, step)]
     global_tokens = int(collate(global_batch, run.tok.pad_id)[2].sum())     # trained tokens of the whole step
     mine = global_batch[run.rank::run.world]                                # this rank's share
     generator = torch.Generator(run.device).manual_seed(mix_seed(args.seed, step))  # on-policy losses sample with it
