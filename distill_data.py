@@ -1,7 +1,7 @@
 """
 distill_data.py: phase 2 of the recipe, the TARGET writes the distillation data set.
 
-A draft model must imitate the chat model's answers, not the pretraining text (PAPER.md). So the
+A draft model must imitate the chat model's answers, not the pretraining text (PAPER.md section 2). So the
 seed prompts are wrapped in the target's chat template and the target answers them. Speculative
 decoding is later run at many temperatures and top-p values, with and without system prompts,
 and each setting gives a different target distribution; the paper therefore generates the data

@@ -215,6 +215,20 @@ def load_rows(path: str, settings: dict) -> list[dict]:
 # Command line: the grid
 # ----------------------------------------------------------------------------------------------
 
+def write_tables(report: dict, out: str, gammas: list[int]) -> None:
+    """results.md (the headline tables, then every row) and results.png beside results.json."""
+    rows = report["results"]
+    table = summary_table(rows, 4 if 4 in gammas else gammas[len(gammas) // 2])
+    if any("speedup" in r for r in rows):
+        table += "\n\n" + summary_table(rows)
+    table += "\n\n" + markdown_table(rows)
+    base = os.path.splitext(out)[0]
+    write_atomically(base + ".md", table + "\n")
+    plot(rows, base + ".png")
+    print(table)
+    print(f"wrote {out}, {base}.md and {base}.png")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Block efficiency (and wall-clock speed-up) of each draft on each task.")
     p.add_argument("--target", required=True, help="target checkpoint (a directory or a .gguf)")
@@ -294,16 +308,7 @@ def main(argv=None):
                     timing = f", speed-up {row['speedup']:.2f}x" if args.speedup else ""
                     print(f"{name:>12} {task:>10} T={temperature:g} gamma={gamma}: tau {row['block_efficiency']:.2f} "
                           f"± {row['ci95']:.2f}, alpha {row['acceptance_rate']:.3f}{timing}", flush=True)
-    summary_gamma = 4 if 4 in gammas else gammas[len(gammas) // 2]
-    table = summary_table(report["results"], summary_gamma)
-    if args.speedup:
-        table += "\n\n" + summary_table(report["results"])
-    table += "\n\n" + markdown_table(report["results"])
-    base = os.path.splitext(args.out)[0]
-    write_atomically(base + ".md", table + "\n")
-    plot(report["results"], base + ".png")
-    print(table)
-    print(f"wrote {args.out}, {base}.md and {base}.png")
+    write_tables(report, args.out, gammas)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,9 @@ def fuse_projections(model: Llama) -> Llama:
     return model
 
 
+_compiled_forward = torch.compile(Llama.forward, fullgraph=True)   # lazy: compiles on its first call
+
+
 def compiled_step(model: Llama):
     """model's forward compiled by torch.compile, for the decode steps (short inputs of few
     shapes). The compiled function is Llama.forward with the model as an argument, so every model
@@ -61,13 +64,9 @@ def compiled_step(model: Llama):
     # Python state that a fullgraph compilation refuses.
     model.rope_cos, model.rope_sin = model.rope_cos.to(model.device), model.rope_sin.to(model.device)
     # torch.compile keeps one compiled version per input shape and by default refuses a 9th
-    # (an error with fullgraph=True). A target and a draft with decode, verify and several
-    # batch shapes need more, and the count is shared by every model: allow 64.
+    # (an error with fullgraph=True); the count is shared by every model: allow 64.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     return functools.partial(_compiled_forward, model)
-
-
-_compiled_forward = torch.compile(Llama.forward, fullgraph=True)   # lazy: compiles on its first call
 
 
 class CudaGraph:

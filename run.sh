@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole recipe of PAPER.md, end to end:
+# The whole recipe of PAPER.md (section 2), end to end:
 #
 #   world (+ tokenizer) -> phase 0: a chat TARGET (the synthetic presets train a stand-in;
 #                                    PRESET=smollm2 uses the real SmolLM2-135M-Instruct)
@@ -92,6 +92,6 @@ stage "evaluation on the held-out tasks"
 python evaluate.py --target "$TARGET" --tokenizer "$TOK" --drafts "$DRAFTS" \
   --prompts "story=$WORLD/eval_story.jsonl,summary=$WORLD/eval_summary.jsonl,highlights=$WORLD/eval_highlights.jsonl" \
   --gammas "$EVAL_GAMMAS" --temperatures 0,1 --n-prompts "$EVAL_PROMPTS" --max-new-tokens "$EVAL_MAX_NEW" \
-  --preset "$PRESET" --seed "$SEED" --device "$DEVICE" --decode-path "$DECODE_PATH" $EVAL_FLAGS --out "$RUN/results.json"
+  --preset "$PRESET" --seed "$SEED" --device "$DEVICE" --decode-path "$DECODE_PATH" $EVAL_FLAGS --out "${RESULTS:-$RUN/results.json}"
 stage "done"
 echo "== total $(( $(date +%s) - START )) s of wall time in this call ($(date -u +%FT%TZ))"

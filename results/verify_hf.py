@@ -13,7 +13,8 @@ import torch
 import transformers
 from transformers import LlamaConfig, LlamaForCausalLM
 
-import model as ours
+import checkpoints as ours
+from model import Llama
 
 torch.manual_seed(0)
 TOL = 1e-4
@@ -91,7 +92,7 @@ def main() -> None:
         print(f"  control: without undoing the permutation, rel err {rel_err(our_logits(loaded, t), reference):.2e}")
         # (2) ours -> HF
         config = ours.config_from_hf(hf_config.to_dict())
-        model = ours.Llama(config).eval()
+        model = Llama(config).eval()
         randomize(model)
         with tempfile.TemporaryDirectory() as d:
             ours.export_hf(model, d)

@@ -1,4 +1,4 @@
-"""Tests for losses.py: values, gradients and the derivations its comments claim (PAPER.md)."""
+"""Tests for losses.py: values, gradients and the derivations its comments claim (PAPER.md section 3)."""
 
 import math
 
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from losses import LK_ETA, LOSSES, get_loss, jsd, kld, lk, lk_hybrid, rkl, tvd, tvdpp, tvdpp_datatoken, tvdpp_onpolicy
 
-EPS = 1e-6  # the advantage epsilon PAPER.md fixes
+EPS = 1e-6  # the advantage epsilon of PAPER.md 3.4
 
 
 def random_case(batch=3, time=6, vocab=7, seed=0):

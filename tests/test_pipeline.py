@@ -1,6 +1,6 @@
 """A micro end-to-end run of the whole recipe: run.sh at toy scale, as one test module.
 
-run.sh chains the command lines of the recipe (PAPER.md): world + tokenizer, a stand-in chat
+run.sh chains the command lines of the recipe (PAPER.md section 2): world + tokenizer, a stand-in chat
 target, a draft pretrained on plain text, the target answering seed prompts, the draft distilled
 on those answers, and the block-efficiency table. Unit tests check each piece alone; this file
 checks that the pieces fit together and that the chain delivers the one thing it exists for:
@@ -129,7 +129,7 @@ def test_target_answers_the_seed_prompts_in_chat_style(run):
 
 def test_distilled_draft_beats_the_pretrained_draft(run):
     rows = run["rows"]
-    # One row per draft, task and temperature; its tau (PAPER.md: generated tokens / target
+    # One row per draft, task and temperature; its tau (PAPER.md 5.1: generated tokens / target
     # forward calls, 1 <= tau <= gamma + 1) is the mean over the task's prompts.
     assert len(rows) == 2 * len(data.TASKS) * len(MIN_GAIN)
     for row in rows:

@@ -5,7 +5,7 @@ sampling (and, greedy, identical token for token). Every test below checks that 
 piece of it, against something computed independently of the code under test:
 
   - greedy: `generate` with the target alone;
-  - sampling, bit for bit: a reference implementation written here from PAPER.md's rule that
+  - sampling, bit for bit: a reference implementation written here from PAPER.md 4.1's rule that
     recomputes every distribution with a fresh full forward pass (no KV cache) and draws the
     same random numbers in the same order. Equal outputs prove that the caches, rolled back
     after every rejected block, give the same distributions as recomputing from scratch;
@@ -15,7 +15,7 @@ piece of it, against something computed independently of the code under test:
     joint, so the test has the power to see a wrong distribution;
   - the metrics: a target and draft whose distributions do not depend on the context make every
     draft token an i.i.d. accept test with alpha = 1 - TVD(p, q), so the measured alpha and tau
-    must agree with alpha's exact value and with PAPER.md's formula for tau.
+    must agree with alpha's exact value and with PAPER.md 5.2's formula for tau.
 
 Random weights are drawn at unit scale (as in test_model.py): the library initialisation makes
 every logit nearly zero, i.e. every distribution nearly uniform, where mistakes hide.
@@ -351,7 +351,7 @@ def test_draft_identical_to_target_is_always_accepted(temperature, same_object):
 @torch.no_grad()
 def reference_speculative(target: Llama, draft: Llama, prompt: list[int], max_new_tokens: int,
                           gamma: int, generator: torch.Generator, **sampling) -> tuple[list[int], list[int]]:
-    """PAPER.md's speculative sampling with no KV cache: every distribution from a fresh full pass.
+    """PAPER.md 4.1's speculative sampling with no KV cache: every distribution from a fresh full pass.
 
     Draws random numbers in the order speculative.py documents: gamma draft tokens, then gamma
     uniforms u, then the replacement or bonus token. Returns (new tokens, accepted per block).
@@ -509,7 +509,7 @@ def test_measured_tau_and_alpha_match_the_iid_prediction():
     with torch.no_grad():
         p, q = torch.softmax(target(tokens)[0], -1), torch.softmax(draft(tokens)[0], -1)  # (20, V)
     assert torch.allclose(p, p[0].expand_as(p)) and torch.allclose(q, q[0].expand_as(q)), "context leaks in"
-    alpha = 1 - tvd(p[0], q[0])                            # PAPER.md: at T=1, alpha = 1 - TVD(p, q)
+    alpha = 1 - tvd(p[0], q[0])                            # PAPER.md 3.2: at T=1, alpha = 1 - TVD(p, q)
     assert 0.5 < alpha < 0.8
 
     gamma = 3
@@ -525,7 +525,7 @@ def test_measured_tau_and_alpha_match_the_iid_prediction():
     tests = sum(n + 1 if n < gamma else n for n in blocks)
     assert abs(stats["acceptance_rate"] - alpha) < 4 * math.sqrt(alpha * (1 - alpha) / tests)
     predicted = predicted_block_efficiency(stats["acceptance_rate"], gamma)
-    assert abs(stats["block_efficiency"] - predicted) < 6 * tau_se   # PAPER.md's correctness check
+    assert abs(stats["block_efficiency"] - predicted) < 6 * tau_se   # PAPER.md 5.2's correctness check
 
 
 def test_block_stats_by_hand():

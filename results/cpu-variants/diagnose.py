@@ -1,16 +1,16 @@
 """Why did a draft end where it did? For each draft of a run, on the first 64 distillation
-examples: the mean reward r = 1[p(y) > q(y)] at the data tokens (what TVD++ normalises), the
+examples: the mean reward r = 1[p(y) > q(y)] at the data tokens (what tvdpp_datatoken normalises), the
 mean TVD(p, q) over response positions (= the rejection probability at T=1), and the draft's
 mean entropy. Run from the repository root after `bash run.sh` (RUN, then draft directories):
 
-    PYTHONPATH=. python results/cpu-extra/diagnose.py runs/cpu runs/cpu/draft-pretrained runs/cpu/draft-kld ...
+    PYTHONPATH=. python results/cpu-variants/diagnose.py runs/cpu runs/cpu/draft-pretrained runs/cpu/draft-kld ...
 """
 import sys
 
 import torch
 
 from losses import tvd
-from model import load_model
+from checkpoints import load_model
 from tokenizer import load_tokenizer
 from train import collate, load_examples
 
