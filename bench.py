@@ -323,7 +323,7 @@ def main():
     p = argparse.ArgumentParser(description="GPU benchmarks (see the module docstring).")
     p.add_argument("--section", choices=["shapes", "loop", "pair"], required=True)
     p.add_argument("--presets", default="llama2-7b,drafter-115m", help="shapes: model presets")
-    p.add_argument("--paths", default=",".join(fast_decode.DECODE_PATHS) + ",compile(reduce-overhead)",
+    p.add_argument("--paths", default=",".join(("eager", *fast_decode.GPU_PATHS, "compile(reduce-overhead)")),
                    help="shapes / pair: decode paths to compare")
     p.add_argument("--path", default="fused+compile+graphs", help="loop: the decode path")
     p.add_argument("--training", action="store_true", help="shapes: also the drafter-115m training throughput")

@@ -246,7 +246,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, choices=sorted(DTYPES))
     p.add_argument("--decode-path", default="eager", choices=fast_decode.DECODE_PATHS,
-                   help="how decode steps run on a GPU (fast_decode.py)")
+                   help="how decode steps run (fast_decode.py): 'eager' or 'few-row-matmuls' anywhere, "
+                        "the others on a GPU")
     p.add_argument("--out", required=True, help="results.json (a .png and .md are written beside it)")
     return p.parse_args(argv)
 

@@ -13,6 +13,8 @@ GPU needs to run it: the GPU waits for the CPU. Three remedies, each optional:
                     then replays it with one launch. speculative.py writes its steps so that they
                     can be recorded: every input and output lives at a fixed address on the device
                     and no step asks the host a question.
+On a CPU the launches are cheap and the bytes are not; there the one remedy is for the few-row
+matrix products of a verify pass (FewRowLinear).
 DECODE_PATHS names the combinations that bench.py compares and the CLIs offer (--decode-path).
 """
 
@@ -23,7 +25,36 @@ import torch.nn as nn
 
 from model import Llama
 
-DECODE_PATHS = ("eager", "graphs", "compile+graphs", "fused+compile+graphs")
+DECODE_PATHS = ("eager", "few-row-matmuls", "graphs", "compile+graphs", "fused+compile+graphs")
+GPU_PATHS = DECODE_PATHS[2:]
+
+
+class FewRowLinear(nn.Linear):
+    """nn.Linear whose product, for at most FEW_ROWS rows of input, is computed as (W x^T)^T.
+
+    The same numbers as x W^T up to rounding, but not the same work for the BLAS library. A
+    verify pass multiplies gamma + 1 rows by every weight matrix. Asked for x W^T with a few
+    rows, MKL on a CPU takes a general matrix-product path that costs several times the 1-row
+    product (a matrix-vector product, which just streams W once); asked for W x^T -- a tall
+    matrix times a few columns -- it streams W once again (BENCHMARKS.md, the CPU section, has
+    the timings). With more rows (training, prefill) the usual product is the right one."""
+    FEW_ROWS = 16       # above any verify pass here (gamma + 1 rows); wider products were not measured
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1]
+        if rows > self.FEW_ROWS:
+            return super().forward(x)
+        flat = x.reshape(rows, x.shape[-1])                                    # (rows, in)
+        return (self.weight @ flat.T).T.reshape(*x.shape[:-1], self.out_features)   # (..., out)
+
+
+def few_row_matmuls(model: Llama) -> Llama:
+    """Make every plain nn.Linear of the model a FewRowLinear, in place (same parameters, same
+    state_dict: only the forward changes)."""
+    for module in model.modules():
+        if type(module) is nn.Linear and module.bias is None:
+            module.__class__ = FewRowLinear
+    return model
 
 
 @torch.no_grad()
@@ -102,13 +133,17 @@ class CudaGraph:
 
 
 def apply_decode_path(models: list[Llama], path: str) -> dict:
-    """Fuse the models' projections if `path` asks for it; return the decoders' options
-    {"graphs": bool, "compile": bool} for that path (one of DECODE_PATHS)."""
+    """Prepare the models for `path` (one of DECODE_PATHS): fuse their projections or switch
+    their linear layers where it asks for it; return the decoders' options {"graphs": bool,
+    "compile": bool} for that path."""
     if path not in DECODE_PATHS:
         raise ValueError(f"unknown decode path {path!r}; choose one of {DECODE_PATHS}")
-    if path != "eager" and not all(model.device.type == "cuda" for model in models):
-        raise ValueError(f"decode path {path!r} needs the models on a CUDA GPU; use 'eager' on this machine")
-    if path.startswith("fused"):
-        for model in {id(m): m for m in models}.values():
+    if path in GPU_PATHS and not all(model.device.type == "cuda" for model in models):
+        raise ValueError(f"decode path {path!r} needs the models on a CUDA GPU; "
+                         f"use 'eager' or 'few-row-matmuls' on this machine")
+    for model in {id(m): m for m in models}.values():
+        if path.startswith("fused"):
             fuse_projections(model)
-    return {"graphs": path != "eager", "compile": "compile" in path}
+        if path == "few-row-matmuls":
+            few_row_matmuls(model)
+    return {"graphs": path in GPU_PATHS, "compile": "compile" in path}

@@ -443,7 +443,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, choices=sorted(DTYPES))
     parser.add_argument("--decode-path", default="eager", choices=fast_decode.DECODE_PATHS,
-                        help="how decode steps run on a GPU (fast_decode.py); 'eager' anywhere")
+                        help="how decode steps run (fast_decode.py): 'eager' or 'few-row-matmuls' anywhere, "
+                             "the others on a GPU")
     args = parser.parse_args(argv)
 
     # Flags first: a typo should cost one sentence, not the minute it takes to load a 7B model.

@@ -1,9 +1,9 @@
-"""Tests for model.py's checkpoint section: our format, Hugging Face's and Meta's directories.
+"""Tests for checkpoints.py: our format, Hugging Face's and Meta's directories.
 
 The Hugging Face and Meta directories are written here BY HAND, the way those tools write them,
-with the q/k row permutation transcribed independently of model.py (explicit row arithmetic), so
-a wrong permutation, renaming or shard split in model.py shows up as different logits.
-(/work/notes/verify_hf.py checks the same against the real transformers library.)
+with the q/k row permutation transcribed independently of checkpoints.py (explicit row arithmetic),
+so a wrong permutation, renaming or shard split shows up as different logits.
+(results/verify_hf.py checks the same against the real transformers library.)
 """
 import json
 

@@ -29,6 +29,7 @@ import math
 import pytest
 import torch
 
+from fast_decode import apply_decode_path
 from model import Llama, count_params, get_config
 from evaluate import evaluate_pair, mean_ci95, memory_bound_speedup, plain_tokens_per_s, predicted_block_efficiency
 from speculative import (block_stats, generate, generate_batch, sample, sample_probs, speculative_generate,
@@ -323,9 +324,11 @@ def greedy_pair() -> tuple[Llama, Llama]:
 
 
 @pytest.mark.parametrize("prompt", [[1], [5, 9, 2, 7, 30]])
-def test_greedy_speculative_equals_greedy_generate(prompt):
+@pytest.mark.parametrize("path", ["eager", "few-row-matmuls"])
+def test_greedy_speculative_equals_greedy_generate(prompt, path):
     target, draft = greedy_pair()
-    expected = generate(target, prompt, 24, temperature=0)
+    expected = generate(target, prompt, 24, temperature=0)     # eager: the reference
+    apply_decode_path([target, draft], path)
     accepted = []
     for gamma in [1, 2, 3, 5]:
         tokens, stats = speculative_generate(target, draft, prompt, 24, gamma, temperature=0)
@@ -459,12 +462,14 @@ STAT_CASES = [
 
 
 @pytest.mark.parametrize("vocab_size, gamma, prompt, sampling", STAT_CASES)
-def test_speculative_samples_follow_the_target_joint_not_the_draft(vocab_size, gamma, prompt, sampling):
+@pytest.mark.parametrize("path", ["eager", "few-row-matmuls"])
+def test_speculative_samples_follow_the_target_joint_not_the_draft(vocab_size, gamma, prompt, sampling, path):
     n_tokens, n_runs = 3, 600
     target = random_model(0, vocab_size=vocab_size, **TINY)
     draft = perturbed_copy(target, noise=0.5)
-    target_joint = exact_joint(target, prompt, n_tokens, **sampling)
+    target_joint = exact_joint(target, prompt, n_tokens, **sampling)   # computed eagerly: the reference
     draft_joint = exact_joint(draft, prompt, n_tokens, **sampling)
+    apply_decode_path([target, draft], path)
     generator = torch.Generator().manual_seed(0)
     counts, blocks = torch.zeros(vocab_size ** n_tokens), []
     for _ in range(n_runs):
