@@ -179,21 +179,28 @@ def test_fused_projections_change_nothing_but_the_kernels(n_kv_heads, tmp_path):
         torch.testing.assert_close(load_model(tmp_path)(tokens), full, atol=0, rtol=0)
 
 
-def test_few_row_matmuls_change_nothing_but_the_product(tmp_path):
-    """few_row_matmuls: every linear layer computes (W x^T)^T for a few rows and x W^T for many,
-    with the same logits (full pass: many rows; cached decoding: few), the same parameters, and a
-    checkpoint that loads as a plain model."""
+def test_few_row_matmuls_change_nothing_but_the_product(tmp_path, monkeypatch):
+    """few_row_matmuls: every linear layer computes (W x^T)^T for a few rows and x W^T for many
+    (nn.Linear's own forward runs only then), with the same logits (full pass: many rows; cached
+    decoding: few), the same parameters, and a checkpoint that loads as a plain model."""
     from checkpoints import load_model, save_model
     from fast_decode import FewRowLinear, few_row_matmuls
     model = random_model()
     tokens = random_tokens(2, 12, model.config.vocab_size)
     state = {name: p.clone() for name, p in model.state_dict().items()}
+    usual_rows = []                       # the row counts nn.Linear.forward (x W^T) was called with
+    usual = torch.nn.Linear.forward
+    monkeypatch.setattr(torch.nn.Linear, "forward",
+                        lambda self, x: (usual_rows.append(x.numel() // x.shape[-1]), usual(self, x))[1])
     with torch.no_grad():
         full, cached = model(tokens), decode_in_chunks(model, tokens, [5, 1, 1, 3, 2])
         few_row_matmuls(model)
         assert all(type(m) is FewRowLinear for m in model.modules() if isinstance(m, torch.nn.Linear))
-        torch.testing.assert_close(model(tokens), full, atol=ATOL, rtol=0)
+        usual_rows.clear()
         torch.testing.assert_close(decode_in_chunks(model, tokens, [5, 1, 1, 3, 2]), cached, atol=ATOL, rtol=0)
+        assert usual_rows == []                                    # at most 10 rows: all (W x^T)^T
+        torch.testing.assert_close(model(tokens), full, atol=ATOL, rtol=0)
+        assert set(usual_rows) == {24}                             # 2 x 12 rows: the usual product
         x = torch.randn(3, 2, model.config.dim)                        # 6 rows: the (W x^T)^T branch
         layer = model.layers[0].feed_forward.w1
         torch.testing.assert_close(layer(x), x @ layer.weight.T, atol=ATOL, rtol=0)
