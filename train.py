@@ -221,7 +221,10 @@ def init_distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
 
 def build_models(args, tok, device):
     """(model being trained, teacher or None, loss function or None, eval_pair or None)."""
-    model = (load_model(args.init, device) if args.init
+    # The trained weights are float32 whatever --init stores (a bf16 export, say): AdamW's small
+    # updates vanish in bf16 weights, and on a CPU bf16 products run far slower than float32.
+    # Speed on the GPU comes from autocast, which computes in bf16 from these float32 weights.
+    model = (load_model(args.init, device, torch.float32) if args.init
              else Llama(get_config(args.preset, vocab_size=tok.vocab_size)).to(device))
     check_vocab(tok, model.config.vocab_size, args.init or f"preset {args.preset}")
     teacher, loss_fn = None, None

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 import data
 import train
-from checkpoints import save_model
+from checkpoints import load_model, save_model
 from model import Llama, get_config
 from common import run_cli
 from tokenizer import chat_example, chat_prompt, train_sentencepiece
@@ -251,6 +251,22 @@ def test_distillation_resumes_exactly_with_an_on_policy_loss(setup, tmp_path, mo
     train.main([str(a) for a in crashed])
     assert_same_weights(weights(tmp_path / "crashed"), weights(tmp_path / "whole"))
     assert training_log(tmp_path / "crashed") == training_log(tmp_path / "whole")
+
+
+def test_a_bfloat16_init_trains_float32_weights(setup, tmp_path):
+    """--init from a bf16 checkpoint (e.g. a draft brought back from a GPU as bf16): the run's
+    weights, its optimizer state and its saved model are float32."""
+    bf16 = tmp_path / "bf16"
+    save_model(load_model(setup["root"] / "teacher").to(torch.bfloat16), bf16)
+    assert {t.dtype for t in load_file(bf16 / "model.safetensors").values()} == {torch.bfloat16}
+    out = tmp_path / "distilled"
+    args = pretrain_args(setup, out, mode="distill", loss="kld", init=bf16, teacher=setup["root"] / "teacher",
+                         data=setup["root"] / "distill.jsonl", max_steps=3)
+    at = args.index("--preset")
+    train.main(args[:at] + args[at + 2:])                         # --init instead of --preset
+    assert {t.dtype for t in weights(out).values()} == {torch.float32}
+    state = checkpoint(out)["optimizer"]["state"]
+    assert {v.dtype for s in state.values() for k, v in s.items() if k != "step"} == {torch.float32}
 
 
 def run_error(argv, capsys) -> str:
