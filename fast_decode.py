@@ -25,8 +25,8 @@ import torch.nn as nn
 
 from model import Llama
 
-DECODE_PATHS = ("eager", "few-row-matmuls", "graphs", "compile+graphs", "fused+compile+graphs")
-GPU_PATHS = DECODE_PATHS[2:]
+GPU_PATHS = ("graphs", "compile+graphs", "fused+compile+graphs")      # need the models on a CUDA GPU
+DECODE_PATHS = ("eager", "few-row-matmuls") + GPU_PATHS
 
 
 class FewRowLinear(nn.Linear):
@@ -36,8 +36,8 @@ class FewRowLinear(nn.Linear):
     verify pass multiplies gamma + 1 rows by every weight matrix. Asked for x W^T with a few
     rows, MKL on a CPU takes a general matrix-product path that costs several times the 1-row
     product (a matrix-vector product, which just streams W once); asked for W x^T -- a tall
-    matrix times a few columns -- it streams W once again (BENCHMARKS.md, the CPU section, has
-    the timings). With more rows (training, prefill) the usual product is the right one."""
+    matrix times a few columns -- it streams W once again (BENCHMARKS.md section 0b has the
+    timings). With more rows (training, prefill) the usual product is the right one."""
     FEW_ROWS = 16       # above any verify pass here (gamma + 1 rows); wider products were not measured
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -49,8 +49,8 @@ class FewRowLinear(nn.Linear):
 
 
 def few_row_matmuls(model: Llama) -> Llama:
-    """Make every plain nn.Linear of the model a FewRowLinear, in place (same parameters, same
-    state_dict: only the forward changes)."""
+    """Make every bias-free nn.Linear of the model (all of a Llama's) a FewRowLinear, in place:
+    same parameters, same state_dict, only the forward changes."""
     for module in model.modules():
         if type(module) is nn.Linear and module.bias is None:
             module.__class__ = FewRowLinear

@@ -7,7 +7,7 @@ rows with the 49,152 x 576 output matrix, both ways.
 
 A speculative block at gamma g costs g draft steps (the first one 2 tokens: the draft is re-fed
 the last two) plus one target pass of g + 1 tokens; plain decoding costs one target pass of 1 token
-per token. Each figure is the median of 15 repeats after 3 warm-ups, at cache slots 64.."""
+per token. Each figure is the median of 15 repeats after 3 warm-ups, at cache slots 64 and up."""
 import sys
 import time
 
@@ -23,7 +23,7 @@ GGUF = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 @torch.no_grad()
 def median_ms(fn, repeats: int = 15) -> float:
     times = []
-    for i in range(3 + repeats):
+    for _ in range(3 + repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
