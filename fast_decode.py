@@ -18,7 +18,9 @@ matrix products of a verify pass (FewRowLinear).
 DECODE_PATHS names the combinations that bench.py compares and the CLIs offer (--decode-path).
 """
 
+import contextlib
 import functools
+import gc
 
 import torch
 import torch.nn as nn
@@ -127,9 +129,30 @@ class CudaGraph:
         self.graph = torch.cuda.CUDAGraph()
         if self.generator is not None:                 # the default generator needs no registration
             self.graph.register_generator_state(self.generator)
-        with torch.cuda.graph(self.graph):             # records kernels; nothing runs
-            self.output = self.fn()
+        with garbage_collector_paused():
+            with torch.cuda.graph(self.graph):         # records kernels; nothing runs
+                self.output = self.fn()
         return output
+
+
+@contextlib.contextmanager
+def garbage_collector_paused():
+    """Collect Python's garbage now, then none until the block ends.
+
+    A CUDA graph is freed with CUDA calls that a capture forbids, and they invalidate it
+    (cudaErrorStreamCaptureInvalidated at some later kernel). A decoder that goes out of scope
+    holds its recordings in a reference cycle (its steps are closures over the decoder), so only
+    the cyclic collector frees them, whenever it happens to run: in an evaluation that makes a
+    decoder per row, sooner or later in the middle of the next row's capture. torch.cuda.graph
+    used to collect before capturing; since PyTorch 2.9 it no longer does."""
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def apply_decode_path(models: list[Llama], path: str) -> dict:

@@ -7,12 +7,13 @@ machine with `pytest tests/test_gpu.py` before any benchmark (BENCHMARKS.md reco
 The models run in float32, so that the paths agree to float32 rounding and tokens match.
 """
 
+import gc
 import warnings
 
 import pytest
 import torch
 
-from fast_decode import fuse_projections
+from fast_decode import CudaGraph, fuse_projections
 from speculative import Decoder, SpeculativeDecoder, generate, generate_batch, speculative_generate
 from test_speculative import perturbed_copy, random_model
 
@@ -66,6 +67,35 @@ def test_graphed_speculative_matches_eager_token_for_token_and_block_for_block(c
                 assert stats["accepted_per_block"] == stats_eager["accepted_per_block"]
                 blocks += stats["accepted_per_block"]
     assert 0 in blocks and 3 in blocks, "both rejections and full acceptance must occur"
+
+
+def test_a_dead_graph_collected_during_a_capture_does_not_break_it():
+    # The evaluation's failure, made deterministic: a recorded graph that only the cyclic
+    # collector can free (as a decoder's recordings are), and a collection that runs while the
+    # next graph is captured. Freeing a graph mid-capture invalidates the capture, so CudaGraph
+    # collects first (fast_decode.garbage_collector_paused) and the collection finds nothing.
+    x = torch.arange(4.0, device="cuda")
+    was_enabled = gc.isenabled()
+    gc.disable()                                   # nothing collects but the step below
+    try:
+        dead = CudaGraph(lambda: x + 1)
+        dead()
+        dead.self = dead                           # a reference cycle
+        del dead
+        calls = []
+
+        def step():
+            calls.append(1)
+            if len(calls) == 2:                    # during the capture
+                gc.collect()
+            return x * 2
+        recorded = CudaGraph(step)
+        recorded()
+        x.add_(1)
+        torch.testing.assert_close(recorded(), torch.arange(1.0, 5.0, device="cuda") * 2)
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def count_host_syncs(fn) -> int:

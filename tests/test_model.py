@@ -179,6 +179,60 @@ def test_fused_projections_change_nothing_but_the_kernels(n_kv_heads, tmp_path):
         torch.testing.assert_close(load_model(tmp_path)(tokens), full, atol=0, rtol=0)
 
 
+def test_cuda_graph_records_with_the_garbage_collector_paused(monkeypatch):
+    """CudaGraph's capture runs with Python's collector off, after a collection (a dead graph
+    freed by the collector mid-capture invalidates the capture), and turns it back on after, also
+    when the step fails; a collector the caller had turned off stays off. torch.cuda's stream and
+    graph calls are replaced by stand-ins, so this runs on a CPU; tests/test_gpu.py has the real
+    capture."""
+    import contextlib
+    import gc
+    import types
+    import weakref
+    import fast_decode
+    stream = types.SimpleNamespace(wait_stream=lambda other: None)
+    replays = []
+    monkeypatch.setattr(torch.cuda, "Stream", lambda: stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "graph", lambda g: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: types.SimpleNamespace(replay=lambda: replays.append(1)))
+
+    collector_on, garbage_alive = [], []
+
+    def step():
+        collector_on.append(gc.isenabled())
+        garbage_alive.append(garbage() is not None)
+        return torch.zeros(1)
+
+    class Cycle:
+        pass
+    was_enabled = gc.isenabled()
+    try:
+        for caller_enabled in (True, False):
+            collector_on.clear(), garbage_alive.clear(), replays.clear()
+            gc.disable()                               # no collection before CudaGraph's own
+            cycle = Cycle()
+            cycle.self = cycle                         # freed only by the cyclic collector
+            garbage = weakref.ref(cycle)
+            del cycle
+            if caller_enabled:
+                gc.enable()
+            recorded = fast_decode.CudaGraph(step)
+            recorded()                                 # warm-up step, then the capture
+            recorded()                                 # a replay: step does not run
+            assert collector_on == [caller_enabled, False] and len(replays) == 1
+            assert garbage_alive[1] is False           # collected before the capture began
+            assert gc.isenabled() == caller_enabled
+        gc.enable()
+        with pytest.raises(RuntimeError):
+            with fast_decode.garbage_collector_paused():
+                raise RuntimeError("a failing capture")
+        assert gc.isenabled()
+    finally:
+        (gc.enable if was_enabled else gc.disable)()
+
+
 def test_few_row_matmuls_change_nothing_but_the_product(tmp_path, monkeypatch):
     """few_row_matmuls: every linear layer computes (W x^T)^T for a few rows and x W^T for many
     (nn.Linear's own forward runs only then), with the same logits (full pass: many rows; cached
