@@ -111,7 +111,8 @@ class CudaGraph:
     capture records the same kernels without running them. A replay runs exactly the recorded
     kernels on whatever the fixed tensors hold now, and returns the same output tensors,
     overwritten. Random numbers: `generator` is registered with the graph, so each replay
-    draws the next numbers of its stream, the same ones fn() would have drawn eagerly.
+    draws the next numbers of its stream, the same ones fn() would have drawn eagerly. Python's
+    garbage collector is paused while the capture runs (garbage_collector_paused says why).
     """
 
     def __init__(self, fn, generator: torch.Generator | None = None):

@@ -76,7 +76,7 @@ def test_a_dead_graph_collected_during_a_capture_does_not_break_it():
     # collects first (fast_decode.garbage_collector_paused) and the collection finds nothing.
     x = torch.arange(4.0, device="cuda")
     was_enabled = gc.isenabled()
-    gc.disable()                                   # nothing collects but the step below
+    gc.disable()                                   # no automatic collection: only explicit ones
     try:
         dead = CudaGraph(lambda: x + 1)
         dead()
