@@ -8,7 +8,8 @@ bench.py: where the time goes on one GPU, measured side by side in one run (BENC
 
 --section shapes   Random bf16 weights. The latency of one decode step at batch 1 and of one
   (gamma+1)-token verify on each decode path of fast_decode.DECODE_PATHS (plus torch.compile's
-  own CUDA graphs, mode="reduce-overhead", for comparison), each against its bandwidth floor (the
+  own CUDA graphs, mode="reduce-overhead", for comparison), with the time spent compiling and
+  recording before the first timed step, each against its bandwidth floor (the
   bytes of weights + KV cache a step must read over the measured copy bandwidth: what a perfect
   kernel could do, since batch-1 decoding is memory bound); the speed-up those costs project for
   tau = 2.3 beside MBSU; and (--training) the drafter-115m shape's training throughput.
@@ -96,29 +97,35 @@ def step_function(model: Llama, path: str, options: dict, cache, tokens, slots):
             torch._dynamo.mark_static_address(tensor)
         compiled = torch.compile(Llama.forward, mode="reduce-overhead", fullgraph=True)
         return lambda: compiled(model, tokens, cache, slots)
-    step_model = fast_decode.compiled_step(model) if options["compile"] else model
-    step = lambda: step_model(tokens, cache, slots)        # noqa: E731
+    step = lambda: model(tokens, cache, slots)             # noqa: E731
     return fast_decode.CudaGraph(step) if options["graphs"] else step
 
 
 def decode_costs(preset: str, path: str, gamma: int, context: int, ceilings: dict) -> dict:
-    """Seconds per 1-token decode step and per (gamma+1)-token verify step at `context` filled slots."""
+    """Seconds per 1-token decode step and per (gamma+1)-token verify step at `context` filled slots,
+    and the wall time spent before the timing: prefills and first calls, i.e. compiling and recording."""
     model = random_model(preset)
     options = fast_decode.apply_decode_path([model], "eager" if path.startswith("compile(") else path)
-    times = {}
+    times, setup_s = {}, 0.0
     with torch.no_grad():
         for name, n_tokens in (("decode", 1), ("verify", gamma + 1)):
+            started = time.perf_counter()
             cache = model.new_cache(1, context + gamma + 2)
             model(torch.randint(0, model.config.vocab_size, (1, context), device="cuda"), cache,
                   torch.arange(context, device="cuda"))                                  # prefill
             tokens = torch.randint(0, model.config.vocab_size, (1, n_tokens), device="cuda")
             slots = torch.arange(context, context + n_tokens, device="cuda")
-            times[name] = cuda_time(step_function(model, path, options, cache, tokens, slots), repeats=50)
+            step = step_function(model, path, options, cache, tokens, slots)
+            step()                                              # compiles and records on first use
+            torch.cuda.synchronize()
+            setup_s += time.perf_counter() - started
+            times[name] = cuda_time(step, repeats=50)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     cache_bytes = sum(t.numel() * t.element_size() for t in cache.k + cache.v)   # attention reads every slot
     floor = (weight_bytes + cache_bytes) / (ceilings["bandwidth_GBps"] * 1e9)
     return {"preset": preset, "path": path, "params": count_params(model), "decode_ms": times["decode"] * 1e3,
-            "verify_ms": times["verify"] * 1e3, "floor_ms": floor * 1e3, "decode_fraction_of_floor": floor / times["decode"]}
+            "verify_ms": times["verify"] * 1e3, "floor_ms": floor * 1e3, "decode_fraction_of_floor": floor / times["decode"],
+            "setup_s": setup_s}
 
 
 def training_throughput(ceilings: dict, batch: int = 16, length: int = 1024, steps: int = 10) -> dict:
@@ -150,18 +157,21 @@ def section_shapes(args) -> dict:
     ceilings = measure_ceilings()
     print(f"measured: copy bandwidth {ceilings['bandwidth_GBps']:.0f} GB/s, bf16 matmul {ceilings['bf16_matmul_TFLOPs']:.0f} TFLOP/s")
     rows = []
+    # Each row is printed as soon as it is measured, so that a run cut short keeps what it measured.
+    print("\n| shape | decode path | decode ms/token | verify ms (gamma+1 tokens) | floor ms | floor / decode "
+          "| compile + record s |")
+    print("|---|---|---|---|---|---|---|", flush=True)
     for preset in args.presets.split(","):
         for path in args.paths.split(","):
+            if path == "compile(reduce-overhead)" and preset not in args.reduce_overhead_presets.split(","):
+                continue
             try:
-                rows.append(decode_costs(preset, path, args.gamma, args.context, ceilings))
+                rows.append(r := decode_costs(preset, path, args.gamma, args.context, ceilings))
+                print(f"| {r['preset']} | {r['path']} | {r['decode_ms']:.2f} | {r['verify_ms']:.2f} | "
+                      f"{r['floor_ms']:.2f} | {r['decode_fraction_of_floor']:.0%} | {r['setup_s']:.0f} |", flush=True)
             except Exception as error:       # report and go on: one failed path must not cost the run
-                print(f"{preset} {path} failed: {type(error).__name__}: {error}")
+                print(f"{preset} {path} failed: {type(error).__name__}: {error}", flush=True)
             torch.cuda.empty_cache()
-    print("\n| shape | decode path | decode ms/token | verify ms (gamma+1 tokens) | floor ms | floor / decode |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['preset']} | {r['path']} | {r['decode_ms']:.2f} | {r['verify_ms']:.2f} | {r['floor_ms']:.2f} | "
-              f"{r['decode_fraction_of_floor']:.0%} |")
     projections = []
     targets = [r for r in rows if r["params"] > 1e9]
     drafts = {r["path"]: r for r in rows if r["params"] < 1e9}
@@ -325,6 +335,9 @@ def main():
     p.add_argument("--presets", default="llama2-7b,drafter-115m", help="shapes: model presets")
     p.add_argument("--paths", default=",".join(("eager", *fast_decode.GPU_PATHS, "compile(reduce-overhead)")),
                    help="shapes / pair: decode paths to compare")
+    p.add_argument("--reduce-overhead-presets", default="drafter-115m",
+                   help="shapes: the presets measured on compile(reduce-overhead), which compiles the whole "
+                        "forward at once (slow for deep models; our compile paths compile one block)")
     p.add_argument("--path", default="fused+compile+graphs", help="loop: the decode path")
     p.add_argument("--training", action="store_true", help="shapes: also the drafter-115m training throughput")
     p.add_argument("--gamma", type=int, default=4)

@@ -72,9 +72,9 @@ def decoder_slots(target: Llama, draft: Llama | None, prompts: list[list[int]], 
 
 def plain_tokens_per_s(target: Llama, prompts: list[list[int]], max_new_tokens: int, temperature: float,
                        top_k: int | None = None, top_p: float | None = None, stop_ids=(), seed: int = 0,
-                       graphs: bool = False, compile: bool = False) -> float:
+                       graphs: bool = False) -> float:
     """The baseline: tokens/s of plain decoding of `prompts` (prompt i seeded seed + i)."""
-    plain = Decoder(target, 1, decoder_slots(target, None, prompts, max_new_tokens), graphs, compile)
+    plain = Decoder(target, 1, decoder_slots(target, None, prompts, max_new_tokens), graphs)
     plain.generate([prompts[0]], 2, temperature, top_k, top_p)                # untimed warm-up
     tokens = seconds = 0.0
     for i, prompt in enumerate(prompts):
@@ -90,14 +90,14 @@ def plain_tokens_per_s(target: Llama, prompts: list[list[int]], max_new_tokens: 
 def evaluate_pair(target: Llama, draft: Llama, prompts: list[list[int]], gamma: int,
                   temperature: float, max_new_tokens: int, top_k: int | None = None,
                   top_p: float | None = None, stop_ids=(), seed: int = 0,
-                  baseline_tokens_per_s: float | None = None, graphs: bool = False, compile: bool = False) -> dict:
+                  baseline_tokens_per_s: float | None = None, graphs: bool = False) -> dict:
     """Speculative decoding over `prompts` (prompt i with a generator seeded seed + i): one row of
     the results table; with the baseline's tokens/s (plain_tokens_per_s, same prompts and
     settings), also the wall-clock speed-up."""
     device = target.device
     speculative = SpeculativeDecoder(target, draft, decoder_slots(target, draft, prompts, max_new_tokens, gamma),
-                                     graphs, compile)
-    if baseline_tokens_per_s or graphs:      # untimed warm-up: graphs are recorded, steps compiled, on first use
+                                     graphs)
+    if baseline_tokens_per_s or graphs:      # untimed warm-up: graphs are recorded, blocks compiled, on first use
         speculative.generate(prompts[0], gamma + 1, gamma, temperature, top_k, top_p)
     taus, accepted, tests, tokens, seconds = [], 0, 0, 0, 0.0
     for i, prompt in enumerate(prompts):

@@ -8,7 +8,7 @@ per byte, and it is made of hundreds of small kernels (30 layers x ~15 for SmolL
 by one from Python, each costs the CPU a few microseconds, which at these sizes is longer than the
 GPU needs to run it: the GPU waits for the CPU. Three remedies, each optional:
   fuse_projections  wq/wk/wv and w1/w3 of every layer as one matrix each: fewer, larger products.
-  compiled_step     torch.compile fuses the element-wise work (norms, RoPE, SwiGLU) of a step.
+  compile_blocks    torch.compile fuses the element-wise work (norms, RoPE, SwiGLU) of each block.
   CudaGraph         records a whole step -- a model call AND its sampling and bookkeeping -- once,
                     then replays it with one launch. speculative.py writes its steps so that they
                     can be recorded: every input and output lives at a fixed address on the device
@@ -19,7 +19,6 @@ DECODE_PATHS names the combinations that bench.py compares and the CLIs offer (-
 """
 
 import contextlib
-import functools
 import gc
 
 import torch
@@ -84,22 +83,27 @@ def fuse_projections(model: Llama) -> Llama:
     return model
 
 
-_compiled_forward = torch.compile(Llama.forward, fullgraph=True)   # lazy: compiles on its first call
+def compile_blocks(model: Llama, backend: str = "inductor") -> Llama:
+    """torch.compile every transformer block of the model, in place, for decoding.
 
-
-def compiled_step(model: Llama):
-    """model's forward compiled by torch.compile, for the decode steps (short inputs of few
-    shapes). The compiled function is Llama.forward with the model as an argument, so every model
-    of one config shares one compilation; the first call of a new shape compiles again, and
-    torch.compile then makes the dimensions that changed dynamic (the verify length, the cache
-    size), so a handful of compilations serve every gamma and decoder. Each takes a while."""
-    # Move the RoPE tables first: moving them inside the compiled function would be a change of
-    # Python state that a fullgraph compilation refuses.
-    model.rope_cos, model.rope_sin = model.rope_cos.to(model.device), model.rope_sin.to(model.device)
-    # torch.compile keeps one compiled version per input shape and by default refuses a 9th
-    # (an error with fullgraph=True); the count is shared by every model: allow 64.
+    Compiling block by block ("regional compilation") rather than the whole forward: the blocks
+    are one piece of code with different weights, and torch.compile treats a module's weights as
+    inputs, so it compiles the first block and every other block (of this model, and of any model
+    with the same block shapes) reuses that compilation. Compile time is then one block's, not
+    n_layers times it (BENCHMARKS.md section 1 has both measured at the 7B shape). What
+    compiling buys -- each block's element-wise work (norms, RoPE, SwiGLU, residual adds) fused into
+    few kernels -- is the same; only fusions across a block boundary are lost. A call with a new
+    input shape compiles again, after which torch.compile makes the dimension that changed
+    dynamic (the verify length, the prompt length, the cache size), so a handful of compilations
+    serve every gamma and decoder. The model keeps its parameters and state_dict; from here on
+    every call of it runs the compiled blocks. `backend` is torch.compile's (the tests use
+    "eager": the same tracing and reuse, without generating kernels)."""
+    # torch.compile keeps one compiled version per input shape and refuses a 9th by default (an
+    # error with fullgraph=True); the count is shared by every model: allow 64.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return functools.partial(_compiled_forward, model)
+    for layer in model.layers:
+        layer.compile(fullgraph=True, backend=backend)
+    return model
 
 
 class CudaGraph:
@@ -157,9 +161,9 @@ def garbage_collector_paused():
 
 
 def apply_decode_path(models: list[Llama], path: str) -> dict:
-    """Prepare the models for `path` (one of DECODE_PATHS): fuse their projections or switch
-    their linear layers where it asks for it; return the decoders' options {"graphs": bool,
-    "compile": bool} for that path."""
+    """Prepare the models for `path` (one of DECODE_PATHS), in place: fuse their projections,
+    compile their blocks or switch their linear layers where it asks for it; return the
+    decoders' options for that path, {"graphs": bool}."""
     if path not in DECODE_PATHS:
         raise ValueError(f"unknown decode path {path!r}; choose one of {DECODE_PATHS}")
     if path in GPU_PATHS and not all(model.device.type == "cuda" for model in models):
@@ -168,6 +172,8 @@ def apply_decode_path(models: list[Llama], path: str) -> dict:
     for model in {id(m): m for m in models}.values():
         if path.startswith("fused"):
             fuse_projections(model)
+        if "compile" in path:
+            compile_blocks(model)
         if path == "few-row-matmuls":
             few_row_matmuls(model)
-    return {"graphs": path in GPU_PATHS, "compile": "compile" in path}
+    return {"graphs": path in GPU_PATHS}

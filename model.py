@@ -185,9 +185,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 # ----------------------------------------------------------------------------------------------
 
 class KVCache:
-    """Preallocated keys and values: one (B, n_kv_heads, max_len, head_dim) tensor per layer
-    (each layer's update is then an in-place write into a whole tensor, which torch.compile
-    keeps in place).
+    """Preallocated keys and values: k[i] and v[i], each (B, n_kv_heads, max_len, head_dim), for
+    layer i. Llama.forward hands each layer its pair, and the layer's Attention writes the new
+    keys and values into them in place at the slots `input_pos` (torch.compile keeps it in place).
 
     `start[b]` is the first real slot of row b. Batched generation of prompts of different
     lengths LEFT-pads them to a common length, so that every row's next token goes into the
@@ -204,12 +204,6 @@ class KVCache:
         self.start = (torch.zeros(batch_size, dtype=torch.long, device=device) if start is None
                       else start.to(device=device, dtype=torch.long))
         self.max_len = max_len
-
-    def update(self, layer: int, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        """Write this step's k, v (B, n_kv_heads, T, head_dim) at slots input_pos; return the whole layer."""
-        self.k[layer][:, :, input_pos] = k    # index_put_, which torch.compile updates in place
-        self.v[layer][:, :, input_pos] = v
-        return self.k[layer], self.v[layer]                       # (B, n_kv_heads, max_len, head_dim)
 
     def attention_mask(self, input_pos: torch.Tensor) -> torch.Tensor:
         """(B, 1, T, max_len) bool: may the query at slot input_pos[t] of row b see key slot j?
@@ -240,9 +234,9 @@ class Attention(nn.Module):
     n_heads / n_kv_heads query heads), which shrinks the KV cache by that factor.
     """
 
-    def __init__(self, config: ModelConfig, layer: int):
+    def __init__(self, config: ModelConfig):
         super().__init__()
-        self.layer, self.n_heads, self.n_kv_heads = layer, config.n_heads, config.n_kv_heads
+        self.n_heads, self.n_kv_heads = config.n_heads, config.n_kv_heads
         self.head_dim = config.head_dim
         self.wq = nn.Linear(config.dim, config.n_heads * self.head_dim, bias=False)
         self.wk = nn.Linear(config.dim, config.n_kv_heads * self.head_dim, bias=False)
@@ -250,7 +244,7 @@ class Attention(nn.Module):
         self.wo = nn.Linear(config.n_heads * self.head_dim, config.dim, bias=False)
         self.wqkv = None   # [wq; wk; wv] stacked into one matrix by fast_decode.fuse_projections
 
-    def forward(self, x, cos, sin, cache=None, input_pos=None, mask=None):
+    def forward(self, x, cos, sin, kv_cache=None, input_pos=None, mask=None):
         B, T, _ = x.shape
         if self.wqkv is None:
             q, k, v = self.wq(x), self.wk(x), self.wv(x)
@@ -261,14 +255,17 @@ class Attention(nn.Module):
         k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)     # (B, Hkv, T, hd)
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)     # (B, Hkv, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is None:
+        if kv_cache is None:
             # Training / scoring a whole sequence: plain causal attention over these T tokens.
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         else:
-            # Decoding: store the new keys/values, then attend over the whole cache; `mask`
-            # hides the future, the padding and any stale slots past the current position.
-            k, v = cache.update(self.layer, input_pos, k, v)                         # (B, Hkv, S, hd)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+            # Decoding: store the new keys/values at their slots (an in-place write into this
+            # layer's cache tensors), then attend over the whole cache; `mask` hides the future,
+            # the padding and any stale slots past the current position.
+            k_cache, v_cache = kv_cache                                              # (B, Hkv, S, hd)
+            k_cache[:, :, input_pos] = k
+            v_cache[:, :, input_pos] = v
+            out = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask, enable_gqa=True)
         # softmax(q k^T / sqrt(hd)) v per head, heads concatenated, then the output projection
         return self.wo(out.transpose(1, 2).reshape(B, T, -1))                       # (B, T, dim)
 
@@ -292,15 +289,15 @@ class FeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, config: ModelConfig, layer: int):
+    def __init__(self, config: ModelConfig):
         super().__init__()
         self.attention_norm = RMSNorm(config.dim, config.norm_eps)
-        self.attention = Attention(config, layer)
+        self.attention = Attention(config)
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
         self.feed_forward = FeedForward(config)
 
-    def forward(self, x, cos, sin, cache=None, input_pos=None, mask=None):
-        h = x + self.attention(self.attention_norm(x), cos, sin, cache, input_pos, mask)  # pre-norm residual
+    def forward(self, x, cos, sin, kv_cache=None, input_pos=None, mask=None):
+        h = x + self.attention(self.attention_norm(x), cos, sin, kv_cache, input_pos, mask)  # pre-norm residual
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -313,7 +310,7 @@ class Llama(nn.Module):
         super().__init__()
         self.config = config
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
-        self.layers = nn.ModuleList(TransformerBlock(config, i) for i in range(config.n_layers))
+        self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
         if config.tie_embeddings:
@@ -367,6 +364,7 @@ class Llama(nn.Module):
             mask = cache.attention_mask(input_pos)                              # (B, 1, T, S)
         cos, sin = cos.unsqueeze(-3), sin.unsqueeze(-3)                          # broadcast over heads
         x = self.tok_embeddings(tokens)                                         # (B, T, dim)
-        for layer in self.layers:
-            x = layer(x, cos, sin, cache, input_pos, mask)
+        kv_caches = zip(cache.k, cache.v) if cache is not None else [None] * len(self.layers)
+        for layer, kv_cache in zip(self.layers, kv_caches):
+            x = layer(x, cos, sin, kv_cache, input_pos, mask)
         return self.output(self.norm(x))                                        # (B, T, vocab_size)

@@ -158,12 +158,10 @@ class Decoder:
 
     State on the device: tokens (B, n_slots), the KV cache, and length (1,): the slot the next
     token goes into. `step` reads and writes only these, so with graphs=True (CUDA) it is
-    recorded once per sampling setting and replayed; compile=True compiles the model's step."""
+    recorded once per sampling setting and replayed (fast_decode.py: the decode paths)."""
 
-    def __init__(self, model: Llama, batch_size: int, n_slots: int, graphs: bool = False,
-                 compile: bool = False):
+    def __init__(self, model: Llama, batch_size: int, n_slots: int, graphs: bool = False):
         self.model, self.batch_size = model, batch_size
-        self.step_model = fast_decode.compiled_step(model) if compile else model
         self.cache = model.new_cache(batch_size, n_slots)
         self.tokens = torch.zeros(batch_size, n_slots, dtype=torch.long, device=model.device)
         self.length = torch.zeros(1, dtype=torch.long, device=model.device)
@@ -172,7 +170,7 @@ class Decoder:
     def step(self, sampling: tuple, generator) -> None:
         """One token for every row: feed the newest token, sample the next, write it after it."""
         newest = self.length - 1                                                   # (1,) its slot
-        logits = self.step_model(self.tokens.index_select(1, newest), self.cache, newest)[:, -1]  # (B, V)
+        logits = self.model(self.tokens.index_select(1, newest), self.cache, newest)[:, -1]      # (B, V)
         next_token = sample(sample_probs(logits, *sampling), generator)           # (B,)
         self.tokens.index_copy_(1, self.length, next_token[:, None])
         self.length += 1
@@ -285,12 +283,9 @@ class SpeculativeDecoder:
     shorter length, over stale slots that the causal mask hides until then.
     """
 
-    def __init__(self, target: Llama, draft: Llama, n_slots: int, graphs: bool = False,
-                 compile: bool = False):
+    def __init__(self, target: Llama, draft: Llama, n_slots: int, graphs: bool = False):
         check_pair(target, draft, 1)
         self.target, self.draft = target, draft
-        self.target_step = fast_decode.compiled_step(target) if compile else target
-        self.draft_step = fast_decode.compiled_step(draft) if compile else draft
         device, one = target.device, torch.ones(1, dtype=torch.long, device=target.device)
         self.target_cache = target.new_cache(1, n_slots, start=one)
         self.draft_cache = draft.new_cache(1, n_slots, start=one)
@@ -310,7 +305,7 @@ class SpeculativeDecoder:
         draft_input = self.tokens.index_select(1, draft_slots)                     # (1, 2)
         draft_tokens, draft_probs = [], []
         for i in range(gamma):
-            draft_logits = self.draft_step(draft_input, self.draft_cache, draft_slots)[:, -1]   # (1, V)
+            draft_logits = self.draft(draft_input, self.draft_cache, draft_slots)[:, -1]        # (1, V)
             q = sample_probs(draft_logits, *sampling)                               # q_i
             x = sample(q, generator)                                                # x_i ~ q_i, (1,)
             draft_tokens.append(x)
@@ -320,7 +315,7 @@ class SpeculativeDecoder:
 
         # 2. The target scores [newest token, x_1..x_gamma] in ONE pass: p_1..p_{gamma+1}.
         target_input = torch.cat([self.tokens.index_select(1, first - 1), draft_tokens[None]], dim=1)
-        target_logits = self.target_step(target_input, self.target_cache, first - 1 + offsets)[0]
+        target_logits = self.target(target_input, self.target_cache, first - 1 + offsets)[0]
         target_probs = sample_probs(target_logits, *sampling)                         # (gamma + 1, V)
 
         # 3. Keep x_1..x_n and the next token; the sequence grows by n + 1.

@@ -13,7 +13,7 @@ import warnings
 import pytest
 import torch
 
-from fast_decode import CudaGraph, fuse_projections
+from fast_decode import CudaGraph, compile_blocks, fuse_projections
 from speculative import Decoder, SpeculativeDecoder, generate, generate_batch, speculative_generate
 from test_speculative import perturbed_copy, random_model
 
@@ -23,12 +23,14 @@ PROMPTS = [[1, 5, 9], [1, 7, 3, 2, 8, 4, 6], [1, 2], [3], [1] + [3, 4] * 9]   # 
 SLOTS = 48
 
 
-def pair(fuse: bool = False):
+def pair(fuse: bool = False, compile: bool = False):
     target = random_model(0).cuda()
     draft = perturbed_copy(random_model(0), 0.3).cuda()
-    if fuse:
-        fuse_projections(target)
-        fuse_projections(draft)
+    for model in (target, draft):
+        if fuse:
+            fuse_projections(model)
+        if compile:
+            compile_blocks(model)
     return target, draft
 
 
@@ -37,8 +39,8 @@ def test_graphed_plain_decoding_matches_eager_across_prompts(compile, fuse):
     # One decoder for several prompts in a row: its state is reused, so a stale slot or a
     # stale `start` from the previous prompt would change the tokens.
     eager, _ = pair()
-    fast, _ = pair(fuse)
-    decoder = Decoder(fast, 1, SLOTS, graphs=True, compile=compile)
+    fast, _ = pair(fuse, compile)
+    decoder = Decoder(fast, 1, SLOTS, graphs=True)
     for prompt in PROMPTS:
         for temperature in (0.0, 1.0):
             g1, g2 = (torch.Generator("cuda").manual_seed(3) for _ in range(2))
@@ -46,15 +48,15 @@ def test_graphed_plain_decoding_matches_eager_across_prompts(compile, fuse):
             assert decoder.generate([prompt], 12, temperature, generator=g2)[0] == expected
             assert g1.get_state().equal(g2.get_state())        # the caller's generator moved on alike
     # left-padded batches: a different `start` per row
-    batched = Decoder(fast, len(PROMPTS), SLOTS, graphs=True, compile=compile)
+    batched = Decoder(fast, len(PROMPTS), SLOTS, graphs=True)
     assert batched.generate(PROMPTS, 8, 0.0) == generate_batch(eager, PROMPTS, 8, 0.0)
 
 
 @pytest.mark.parametrize("compile, fuse", [(False, False), (True, True)])
 def test_graphed_speculative_matches_eager_token_for_token_and_block_for_block(compile, fuse):
     eager_target, eager_draft = pair()
-    target, draft = pair(fuse)
-    decoder = SpeculativeDecoder(target, draft, SLOTS, graphs=True, compile=compile)
+    target, draft = pair(fuse, compile)
+    decoder = SpeculativeDecoder(target, draft, SLOTS, graphs=True)
     blocks = []
     for prompt in PROMPTS:
         for temperature in (0.0, 1.0):

@@ -179,6 +179,32 @@ def test_fused_projections_change_nothing_but_the_kernels(n_kv_heads, tmp_path):
         torch.testing.assert_close(load_model(tmp_path)(tokens), full, atol=0, rtol=0)
 
 
+def test_compile_blocks_traces_one_block_for_every_layer_and_every_model_of_its_shape():
+    """compile_blocks: the same logits, and torch.compile traces the block once per input shape,
+    not once per layer or per model (regional compilation), so compile time does not grow with
+    depth. The "eager" backend traces exactly as the real one does, without generating kernels."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    from fast_decode import compile_blocks
+    shallow, deep = random_model(0), random_model(1, n_layers=6)
+    tokens = random_tokens(1, 9, shallow.config.vocab_size)
+    chunks = [5, 1, 3]                   # a prefill, a decode step, a verify: three input shapes
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        with torch.no_grad():
+            expected = [decode_in_chunks(model, tokens, chunks) for model in (shallow, deep)]
+            traced = []
+            for model, logits in zip((shallow, deep), expected):
+                compile_blocks(model, backend="eager")
+                torch.testing.assert_close(decode_in_chunks(model, tokens, chunks), logits, atol=ATOL, rtol=0)
+                traced.append(counters["stats"]["unique_graphs"])
+        # 2 + 6 compiled layers, 3 shapes each: at most 3 traces in all, and none for the deeper model
+        assert 1 <= traced[0] <= len(chunks) and traced[1] == traced[0]
+    finally:
+        torch._dynamo.reset()
+
+
 def test_cuda_graph_records_with_the_garbage_collector_paused(monkeypatch):
     """CudaGraph's capture runs with Python's collector off, after a collection (a dead graph
     freed by the collector mid-capture invalidates the capture), and turns it back on after, also
