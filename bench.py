@@ -166,7 +166,8 @@ def section_shapes(args) -> dict:
             if path == "compile(reduce-overhead)" and preset not in args.reduce_overhead_presets.split(","):
                 continue
             try:
-                rows.append(r := decode_costs(preset, path, args.gamma, args.context, ceilings))
+                r = decode_costs(preset, path, args.gamma, args.context, ceilings)
+                rows.append(r)
                 print(f"| {r['preset']} | {r['path']} | {r['decode_ms']:.2f} | {r['verify_ms']:.2f} | "
                       f"{r['floor_ms']:.2f} | {r['decode_fraction_of_floor']:.0%} | {r['setup_s']:.0f} |", flush=True)
             except Exception as error:       # report and go on: one failed path must not cost the run
