@@ -38,7 +38,7 @@ import torch
 import fast_decode
 from checkpoints import export_hf, load_model
 from data import load_jsonl_prompts
-from evaluate import memory_bound_speedup
+from evaluate import memory_bound_speedup, warm_up
 from model import Llama, count_params, get_config
 from speculative import Decoder, SpeculativeDecoder
 from tokenizer import chat_prompt, load_tokenizer
@@ -272,8 +272,8 @@ def section_pair(args) -> dict:
         speculative = SpeculativeDecoder(target, draft, longest + n_new + args.gamma + 2, **options)
         plain = Decoder(target, 1, longest + n_new, **options)
         for temperature in (0.0, 1.0):
-            speculative.generate(prompts[0], args.gamma + 1, args.gamma, temperature)   # warm-up
-            plain.generate([prompts[0]], 2, temperature)
+            warm_up(lambda prompt: speculative.generate(prompt, args.gamma + 1, args.gamma, temperature), prompts)
+            warm_up(lambda prompt: plain.generate([prompt], 2, temperature), prompts)
             plain_s = spec_s = 0.0
             taus = []
             for i, prompt in enumerate(prompts):

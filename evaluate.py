@@ -70,12 +70,22 @@ def decoder_slots(target: Llama, draft: Llama | None, prompts: list[list[int]], 
     return 2 + min(max(map(len, prompts)) + max_new_tokens + gamma, context)
 
 
+def warm_up(generate, prompts: list[list[int]]) -> None:
+    """Untimed: generate(prompt) for every prompt (a few tokens each), so that the timed runs
+    after it pay no one-off costs: torch.compile compiles on first use (and again for input
+    shapes it has not seen), a CUDA graph is recorded on its step's first use, and on a GPU each
+    new prompt length can cost more set-up (cuDNN builds an attention plan per shape). None of
+    that belongs in tokens per second, hence every prompt, not just the first."""
+    for prompt in prompts:
+        generate(prompt)
+
+
 def plain_tokens_per_s(target: Llama, prompts: list[list[int]], max_new_tokens: int, temperature: float,
                        top_k: int | None = None, top_p: float | None = None, stop_ids=(), seed: int = 0,
                        graphs: bool = False) -> float:
     """The baseline: tokens/s of plain decoding of `prompts` (prompt i seeded seed + i)."""
     plain = Decoder(target, 1, decoder_slots(target, None, prompts, max_new_tokens), graphs)
-    plain.generate([prompts[0]], 2, temperature, top_k, top_p)                # untimed warm-up
+    warm_up(lambda prompt: plain.generate([prompt], 2, temperature, top_k, top_p), prompts)
     tokens = seconds = 0.0
     for i, prompt in enumerate(prompts):
         generator = torch.Generator(target.device).manual_seed(seed + i)
@@ -97,8 +107,8 @@ def evaluate_pair(target: Llama, draft: Llama, prompts: list[list[int]], gamma: 
     device = target.device
     speculative = SpeculativeDecoder(target, draft, decoder_slots(target, draft, prompts, max_new_tokens, gamma),
                                      graphs)
-    if baseline_tokens_per_s or graphs:      # untimed warm-up: graphs are recorded, blocks compiled, on first use
-        speculative.generate(prompts[0], gamma + 1, gamma, temperature, top_k, top_p)
+    if baseline_tokens_per_s or graphs:      # graphs are recorded, blocks compiled, on first use
+        warm_up(lambda prompt: speculative.generate(prompt, gamma + 1, gamma, temperature, top_k, top_p), prompts)
     taus, accepted, tests, tokens, seconds = [], 0, 0, 0, 0.0
     for i, prompt in enumerate(prompts):
         generator = torch.Generator(device).manual_seed(seed + i)

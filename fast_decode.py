@@ -38,7 +38,9 @@ class FewRowLinear(nn.Linear):
     rows, MKL on a CPU takes a general matrix-product path that costs several times the 1-row
     product (a matrix-vector product, which just streams W once); asked for W x^T -- a tall
     matrix times a few columns -- it streams W once again (BENCHMARKS.md section 0b has the
-    timings). With more rows (training, prefill) the usual product is the right one."""
+    timings). That is one CPU's BLAS: on another 2-core machine the plain few-row product was
+    the fast one and this form 3x slower (also section 0b), so time both before choosing the
+    path. With more rows (training, prefill) the usual product is the right one."""
     FEW_ROWS = 16       # above any verify pass here (gamma + 1 rows); wider products were not measured
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

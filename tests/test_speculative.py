@@ -432,6 +432,21 @@ def test_greedy_eos_stops_like_generate(gamma):
     assert tokens.tolist() == generate(target, prompt, 16, temperature=0, stop_ids={eos_id}).tolist()
 
 
+def test_plain_decoding_runs_no_step_past_every_rows_stop_token():
+    # The baseline of every speed-up: a decoder that ran steps after a stop token and dropped
+    # their tokens would be timed for work it threw away, inflating the speed-up.
+    model = random_model(0, vocab_size=32)
+    prompts = [[5, 9, 2], [7, 30]]
+    greedy = generate_batch(model, prompts, 20, temperature=0)
+    stop_ids = {greedy[0][3], greedy[1][2]}                 # each row stops within 4 tokens
+    lengths = [next(i for i, token in enumerate(row) if token in stop_ids) + 1 for row in greedy]
+    calls = []
+    model.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[1]))
+    rows = generate_batch(model, prompts, 20, temperature=0, stop_ids=stop_ids)
+    assert rows == [row[:n] for row, n in zip(greedy, lengths)]
+    assert calls == [2] + [1] * max(lengths)          # the prefill, then one step per token made
+
+
 def test_sampled_output_ends_at_its_first_eos():
     target = random_model(0, vocab_size=8)
     draft = perturbed_copy(target, noise=0.3)
@@ -583,6 +598,41 @@ def test_evaluate_pair_pools_runs_seeded_per_prompt():
     assert result["mbsu"] == pytest.approx(memory_bound_speedup(count_params(target), count_params(draft),
                                                                 result["block_efficiency"], gamma))
     assert result["speedup"] == pytest.approx(result["tokens_per_s"] / baseline)
+
+
+def test_timed_runs_after_the_warm_up_compile_nothing():
+    """evaluate.warm_up runs every prompt before the clock starts, so no compilation lands in a
+    timed run (without it, the timed runs compile, which this checks too). The "eager" backend
+    traces as the real one does. On a GPU other one-off costs come with each new prompt length
+    (cuDNN's attention plans, for one), which is why every prompt is warmed up, not just one."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    from evaluate import warm_up
+    from fast_decode import compile_blocks
+    from speculative import Decoder, SpeculativeDecoder
+    target, draft = random_model(0, vocab_size=32), random_model(1, vocab_size=32, n_layers=1)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9] * 8, [3] * 11, [5] * 6]
+
+    def traces_while_timed(warmed: list[list[int]]) -> int:
+        torch._dynamo.reset()
+        counters.clear()
+        plain, speculative = Decoder(target, 1, 32), SpeculativeDecoder(target, draft, 32)
+        with torch.no_grad():
+            warm_up(lambda prompt: plain.generate([prompt], 2), warmed)
+            warm_up(lambda prompt: speculative.generate(prompt, 4, 3), warmed)
+            before = counters["stats"]["unique_graphs"]
+            for prompt in prompts:                                      # the timed runs
+                plain.generate([prompt], 6)
+                speculative.generate(prompt, 6, 3)
+        return counters["stats"]["unique_graphs"] - before
+
+    try:
+        for model in (target, draft):
+            compile_blocks(model, backend="eager")
+        assert traces_while_timed(prompts) == 0
+        assert traces_while_timed([]) > 0
+    finally:
+        torch._dynamo.reset()
 
 
 # ----------------------------------------------------------------------------------------------
