@@ -69,8 +69,12 @@ def sample_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | No
     return probs
 
 
-def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample(probs: torch.Tensor, generator: torch.Generator | None = None, greedy: bool = False) -> torch.Tensor:
     """One token per row of probs (..., V) -> (...), without waiting for the GPU.
+
+    greedy=True says that probs comes from temperature 0, one-hot rows: the token is the argmax,
+    and drawing random numbers would change nothing (on a CPU the draw over 49,152 tokens costs
+    more than the argmax many times over), so none are drawn.
 
     The exponential race: draw E_x ~ Exp(1) independently for every token x; the token with
     the largest p(x) / E_x is x with probability exactly p(x) (E_x / p(x) ~ Exp(p(x)), and the
@@ -79,6 +83,8 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> tor
     probability 0 score 0 and are never chosen. torch.multinomial draws the same way but first
     checks the probabilities with .item(), a host synchronisation at every token.
     """
+    if greedy:
+        return probs.argmax(dim=-1)
     races = torch.empty_like(probs).exponential_(generator=generator)      # E_x ~ Exp(1), > 0
     return (probs / races).argmax(dim=-1)
 
@@ -168,7 +174,7 @@ class Decoder:
         """One token for every row: feed the newest token, sample the next, write it after it."""
         newest = self.length - 1                                                   # (1,) its slot
         logits = self.model(self.tokens.index_select(1, newest), self.cache, newest)[:, -1]      # (B, V)
-        next_token = sample(sample_probs(logits, *sampling), generator)           # (B,)
+        next_token = sample(sample_probs(logits, *sampling), generator, greedy=sampling[0] == 0)   # (B,)
         self.tokens.index_copy_(1, self.length, next_token[:, None])
         self.length += 1
 
@@ -236,7 +242,7 @@ def generate(model: Llama, prompt_ids, max_new_tokens: int, temperature: float =
 # ----------------------------------------------------------------------------------------------
 
 def verify(draft_tokens: torch.Tensor, draft_probs: torch.Tensor, target_probs: torch.Tensor,
-           generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+           generator: torch.Generator | None = None, greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The rejection-sampling rule for one block (PAPER.md 4.1), entirely on the device.
 
     draft_tokens x_1..x_gamma (gamma,) with x_i ~ q_i; draft_probs q (gamma, V); target_probs
@@ -252,6 +258,7 @@ def verify(draft_tokens: torch.Tensor, draft_probs: torch.Tensor, target_probs: 
     P(reject) = sum_x max(p(x) - q(x), 0) = TVD(p, q) is exactly the residual's normaliser. At
     temperature 1 that is why the paper trains the draft on TVD: P(reject) = TVD(p_t, q_t).
     Defining q_{gamma+1} := 0 makes the bonus token the same formula (max(p - 0, 0) = p).
+    greedy=True (temperature 0: one-hot p and q) draws that token as an argmax (see sample).
     """
     gamma = draft_tokens.shape[0]
     rows = torch.arange(gamma, device=draft_tokens.device)
@@ -264,7 +271,7 @@ def verify(draft_tokens: torch.Tensor, draft_probs: torch.Tensor, target_probs: 
     residual = (p_next - q_next).clamp(min=0)                                        # max(p - q, 0)
     # A rejection implies p != q somewhere, so the residual has mass; guard against rounding.
     residual = torch.where(residual.sum() > 0, residual, p_next)
-    return n_accepted, sample(residual / residual.sum(), generator)
+    return n_accepted, sample(residual / residual.sum(), generator, greedy)
 
 
 class SpeculativeDecoder:
@@ -300,6 +307,7 @@ class SpeculativeDecoder:
         [n_accepted, the gamma + 1 tokens now at the block's slots]: the one thing the host reads."""
         first = self.length.clone()                          # (1,) the block's first new slot
         offsets = self.offsets[: gamma + 1]
+        greedy = sampling[0] == 0                            # temperature 0: argmax, no random draws
         # 1. The draft proposes x_1..x_gamma ~ q, fed the last two tokens, then each of its samples.
         draft_slots = first - 2 + offsets[:2]
         draft_input = self.tokens.index_select(1, draft_slots)                     # (1, 2)
@@ -307,7 +315,7 @@ class SpeculativeDecoder:
         for i in range(gamma):
             draft_logits = self.draft(draft_input, self.draft_cache, draft_slots)[:, -1]        # (1, V)
             q = sample_probs(draft_logits, *sampling)                               # q_i
-            x = sample(q, generator)                                                # x_i ~ q_i, (1,)
+            x = sample(q, generator, greedy)                                        # x_i ~ q_i, (1,)
             draft_tokens.append(x)
             draft_probs.append(q)
             draft_input, draft_slots = x[:, None], first + offsets[i: i + 1]
@@ -319,7 +327,7 @@ class SpeculativeDecoder:
         target_probs = sample_probs(target_logits, *sampling)                         # (gamma + 1, V)
 
         # 3. Keep x_1..x_n and the next token; the sequence grows by n + 1.
-        n_accepted, next_token = verify(draft_tokens, draft_probs, target_probs, generator)
+        n_accepted, next_token = verify(draft_tokens, draft_probs, target_probs, generator, greedy)
         self.tokens.index_copy_(1, first + offsets[:gamma], draft_tokens[None])
         self.tokens.index_copy_(1, first + n_accepted.view(1), next_token.view(1, 1))
         self.length += n_accepted + 1

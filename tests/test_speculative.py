@@ -222,6 +222,22 @@ def test_rows_are_distributions(temperature, top_k, top_p):
     assert (probs >= 0).all() and torch.allclose(probs.sum(-1), torch.ones(2, 5))
 
 
+def test_greedy_decoding_draws_no_random_numbers_and_picks_the_same_tokens():
+    # At temperature 0 the distributions are one-hot: the random race would pick the same token,
+    # so sample(greedy=True) takes the argmax and leaves the generator alone (a CPU spends most
+    # of a 49,152-token draw on the random numbers).
+    logits = torch.randn(3, 40, generator=torch.Generator().manual_seed(1))
+    one_hot = sample_probs(logits, temperature=0)
+    generator = torch.Generator().manual_seed(0)
+    state = generator.get_state()
+    assert torch.equal(sample(one_hot, generator, greedy=True), sample(one_hot, torch.Generator().manual_seed(5)))
+    assert torch.equal(generator.get_state(), state)
+    model = random_model(0, vocab_size=32)
+    tokens = generate(model, [5, 9, 2], 12, temperature=0, generator=generator)
+    assert torch.equal(generator.get_state(), state)             # plain greedy decoding drew nothing
+    assert torch.equal(tokens, generate(model, [5, 9, 2], 12, temperature=0))
+
+
 def test_sample_keeps_shape_and_never_draws_a_zero_probability_token():
     probs = torch.tensor([[0.0, 0.5, 0.5, 0.0], [0.0, 0.0, 0.0, 1.0]]).expand(3, 2, 4)
     generator = torch.Generator().manual_seed(0)

@@ -18,3 +18,10 @@ python evaluate.py --target $G --tokenizer $G --drafts "kld=runs/smollm2-scaled/
   --prompts "story=$W/eval_story.jsonl,summary=$W/eval_summary.jsonl,highlights=$W/eval_highlights.jsonl" \
   --gammas 1,2,3,4 --temperatures 0,1 --n-prompts 8 --max-new-tokens 64 --preset smollm2 --seed 0 \
   --device cpu --decode-path eager --speedup --dtype float32 --out $D/cpu-eager/results.json
+# Then, after speculative.sample learned to take the argmax at temperature 0 (no random draws),
+# T=0 again on eager (cpu-eager-greedy-argmax/): the same tau to the digit, the same speed-ups
+# within this machine's run-to-run noise.
+python evaluate.py --target $G --tokenizer $G --drafts "kld=runs/smollm2-scaled/draft-kld/model" \
+  --prompts "story=$W/eval_story.jsonl,summary=$W/eval_summary.jsonl,highlights=$W/eval_highlights.jsonl" \
+  --gammas 1,2,3,4 --temperatures 0 --n-prompts 8 --max-new-tokens 64 --preset smollm2 --seed 0 \
+  --device cpu --decode-path eager --speedup --dtype float32 --out $D/cpu-eager-greedy-argmax/results.json
