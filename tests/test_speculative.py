@@ -616,6 +616,24 @@ def test_evaluate_pair_pools_runs_seeded_per_prompt():
     assert result["speedup"] == pytest.approx(result["tokens_per_s"] / baseline)
 
 
+def test_every_prompt_is_warmed_up_before_the_clock_starts():
+    # Each prompt's prefill (all its tokens but the last, through the target) runs twice: once
+    # in the untimed warm-up, once timed. Warming up on the first prompt only would prefill the
+    # others once. (On a GPU each new prompt length can cost one-off set-up; evaluate.warm_up.)
+    target = random_model(0, vocab_size=32)
+    draft = perturbed_copy(target, noise=0.3)
+    # Prefills of 2, 4 and 7 tokens: none of the lengths of a step (1) or a gamma-2 verify (3).
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9] * 8]
+    prefills = []
+    target.register_forward_hook(lambda module, inputs, output: prefills.append(inputs[0].shape[1]))
+    baseline = plain_tokens_per_s(target, prompts, 4, 1.0, seed=7)
+    expected = sorted(2 * [len(p) - 1 for p in prompts])
+    assert sorted(n for n in prefills if n > 1) == expected
+    prefills.clear()
+    evaluate_pair(target, draft, prompts, 2, 1.0, 4, seed=7, baseline_tokens_per_s=baseline)
+    assert sorted(n for n in prefills if n not in (1, 3)) == expected
+
+
 def test_timed_runs_after_the_warm_up_compile_nothing():
     """evaluate.warm_up runs every prompt before the clock starts, so no compilation lands in a
     timed run (without it, the timed runs compile, which this checks too). The "eager" backend
