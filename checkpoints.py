@@ -428,13 +428,17 @@ def _build(config: ModelConfig, tensors: Iterable, where: Path, device, dtype: t
 
 
 def load_model(path, device="cpu", dtype: torch.dtype | None = None,
-               max_seq_len: int | None = None) -> Llama:
+               max_seq_len: int | None = None, n_layers: int | None = None) -> Llama:
     """Load a checkpoint (ours, Hugging Face's or Meta's directory, or a .gguf file), in eval mode.
 
     dtype=None keeps the stored dtype (float32 for ours and for dequantized GGUF tensors;
     downloaded 7B checkpoints are usually bfloat16: pass torch.float32 for exact CPU work).
     max_seq_len overrides the context length (it sizes only the RoPE tables: KV caches are
     sized by each decoding call, so a model with an 8K context costs nothing extra).
+    n_layers keeps only the first n_layers transformer blocks, with the embedding, the final
+    norm and the head: a draft cut from the target. Untrained, it is the target "exiting
+    early"; distillation then teaches its last block to hand the head what the target's
+    last block would (README: the drafts cut from SmolLM2).
     """
     path = Path(path)
     if path.suffix == ".gguf" or (path.is_file() and path.read_bytes()[:4] == b"GGUF"):
@@ -452,6 +456,13 @@ def load_model(path, device="cpu", dtype: torch.dtype | None = None,
                          "with consolidated.*.pth, or a .gguf file")
     if max_seq_len:
         config = replace(config, max_seq_len=max_seq_len)
+    if n_layers is not None:
+        if not 1 <= n_layers <= config.n_layers:
+            raise ValueError(f"cannot keep {n_layers} blocks of {path}: it has {config.n_layers}; "
+                             f"choose 1 to {config.n_layers}")
+        dropped = tuple(f"layers.{i}." for i in range(n_layers, config.n_layers))
+        tensors = (item for item in tensors if not (item[2] or "").startswith(dropped))   # (file, stored, name, tensor)
+        config = replace(config, n_layers=n_layers)
     return _build(config, tensors, path, device, dtype)
 
 

@@ -191,6 +191,22 @@ def load_distill_records(paths: str | list[str]) -> list[dict]:
     return records
 
 
+def answer_vocabulary(records: list[dict], size: int) -> tuple[list[int], float]:
+    """The `size` tokens the target wrote most often in these answers (ties: the lower id), and
+    the share of all answer tokens they cover: a draft's shortlist (fast_decode.ShortlistHead).
+    Its acceptance rate can lose at most the target's probability outside the shortlist, of
+    which the coverage's complement is the average over the data."""
+    if size < 1:
+        raise ValueError(f"a shortlist needs at least 1 token, got {size}")
+    counts: dict[int, int] = {}
+    for record in records:
+        for token in record["response_ids"]:
+            counts[token] = counts.get(token, 0) + 1
+    ranked = sorted(counts, key=lambda token: (-counts[token], token))[:size]
+    total = sum(counts.values())
+    return ranked, (sum(counts[t] for t in ranked) / total if total else 0.0)
+
+
 def resume(path: str, jobs: list[dict], batches: list[list[int]]) -> set[int]:
     """The batches already complete in `path`. A torn last line and the records of a batch cut
     short by a crash are dropped (rewriting the file atomically); records that the current

@@ -33,6 +33,7 @@ import fast_decode
 from checkpoints import DTYPES, load_model
 from common import check_output, differences, parse_list, parse_named_paths, run_cli, write_atomically
 from data import load_jsonl_prompts
+from distill_data import answer_vocabulary, load_distill_records
 from model import Llama, count_params
 from speculative import Decoder, SpeculativeDecoder, check_context, check_pair, check_sampling, synchronize
 from tokenizer import chat_prompt, check_vocab, load_tokenizer
@@ -258,6 +259,10 @@ def parse_args(argv=None):
     p.add_argument("--decode-path", default="eager", choices=fast_decode.DECODE_PATHS,
                    help="how decode steps run (fast_decode.py): 'eager' or 'few-row-matmuls' anywhere, "
                         "the others on a GPU")
+    p.add_argument("--draft-vocab", type=int, default=None,
+                   help="decode every draft over the N tokens the target wrote most often in --draft-vocab-data "
+                        "(fast_decode.ShortlistHead: cheaper draft steps, still lossless)")
+    p.add_argument("--draft-vocab-data", default=None, help="the distillation data (distill.jsonl) for --draft-vocab")
     p.add_argument("--out", required=True, help="results.json (a .png and .md are written beside it)")
     return p.parse_args(argv)
 
@@ -274,6 +279,10 @@ def main(argv=None):
         check_sampling(temperature, None, None)
     if args.n_prompts < 1 or args.max_new_tokens < 1:
         raise ValueError(f"--n-prompts and --max-new-tokens must be >= 1, got {args.n_prompts} and {args.max_new_tokens}")
+    if (args.draft_vocab is None) != (args.draft_vocab_data is None):
+        raise ValueError("--draft-vocab N and --draft-vocab-data distill.jsonl go together; give both or neither")
+    if args.draft_vocab is not None and args.draft_vocab < 1:
+        raise ValueError(f"--draft-vocab must be >= 1, got {args.draft_vocab}")
     draft_paths, prompt_paths = parse_named_paths(args.drafts, "--drafts"), parse_named_paths(args.prompts, "--prompts")
     tokenizer_path = args.tokenizer or (args.target if args.target.endswith(".gguf") else None)
     if tokenizer_path is None:
@@ -282,6 +291,8 @@ def main(argv=None):
     settings = {"target": args.target, "drafts": draft_paths, "prompts": prompt_paths, "n_prompts": args.n_prompts,
                 "max_new_tokens": args.max_new_tokens, "seed": args.seed, "speedup": args.speedup,
                 "dtype": args.dtype, "decode_path": args.decode_path}
+    if args.draft_vocab is not None:
+        settings.update(draft_vocab=args.draft_vocab, draft_vocab_data=args.draft_vocab_data)
     rows = load_rows(args.out, settings)
 
     tok = load_tokenizer(tokenizer_path)
@@ -296,6 +307,12 @@ def main(argv=None):
         for i, prompt in enumerate(task_prompts, 1):
             for model in (target, *drafts.values()):
                 check_context(model, len(prompt) + args.max_new_tokens, f"prompt {i} of {prompt_paths[task]}")
+    if args.draft_vocab is not None:
+        shortlist, coverage = answer_vocabulary(load_distill_records(args.draft_vocab_data), args.draft_vocab)
+        print(f"drafts decode over the {len(shortlist):,} tokens the target wrote most often in "
+              f"{args.draft_vocab_data} ({coverage:.1%} of its answer tokens)")
+        for draft in drafts.values():
+            fast_decode.shortlist_head(draft, shortlist)
     options = fast_decode.apply_decode_path([target, *drafts.values()], args.decode_path)
 
     report = {"preset": args.preset, "target_params": count_params(target),

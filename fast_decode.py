@@ -13,8 +13,8 @@ GPU needs to run it: the GPU waits for the CPU. Three remedies, each optional:
                     then replays it with one launch. speculative.py writes its steps so that they
                     can be recorded: every input and output lives at a fixed address on the device
                     and no step asks the host a question.
-On a CPU the launches are cheap and the bytes are not; there the one remedy is for the few-row
-matrix products of a verify pass (FewRowLinear).
+On a CPU the launches are cheap and the bytes are not; there the remedies are for the few-row
+matrix products of a verify pass (FewRowLinear) and for the draft's LM head (ShortlistHead).
 DECODE_PATHS names the combinations that bench.py compares and the CLIs offer (--decode-path).
 """
 
@@ -31,7 +31,7 @@ DECODE_PATHS = ("eager", "few-row-matmuls") + GPU_PATHS
 
 
 class FewRowLinear(nn.Linear):
-    """nn.Linear whose product, for at most FEW_ROWS rows of input, is computed as (W x^T)^T.
+    """nn.Linear whose product, for 2 to FEW_ROWS rows of input, is computed as (W x^T)^T.
 
     The same numbers as x W^T up to rounding, but not the same work for the BLAS library. A
     verify pass multiplies gamma + 1 rows by every weight matrix. Asked for x W^T with a few
@@ -40,12 +40,14 @@ class FewRowLinear(nn.Linear):
     matrix times a few columns -- it streams W once again (BENCHMARKS.md section 0b has the
     timings). That is one CPU's BLAS: on another 2-core machine the plain few-row product was
     the fast one and this form 3x slower (also section 0b), so time both before choosing the
-    path. With more rows (training, prefill) the usual product is the right one."""
+    path. With more rows (training, prefill) the usual product is the right one, and with one
+    row (a plain decode step) both forms are the same matrix-vector product, for which the
+    library's own choice is kept (on one CPU the transposed form of it was the slower one)."""
     FEW_ROWS = 16       # above any verify pass here (gamma + 1 rows); wider products were not measured
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
-        if rows > self.FEW_ROWS:
+        if rows == 1 or rows > self.FEW_ROWS:
             return super().forward(x)
         flat = x.reshape(rows, x.shape[-1])                                    # (rows, in)
         return (self.weight @ flat.T).T.reshape(*x.shape[:-1], self.out_features)   # (..., out)
@@ -57,6 +59,52 @@ def few_row_matmuls(model: Llama) -> Llama:
     for module in model.modules():
         if type(module) is nn.Linear and module.bias is None:
             module.__class__ = FewRowLinear
+    return model
+
+
+class ShortlistHead(nn.Module):
+    """A draft's LM head over a shortlist of the vocabulary: logits for the shortlisted tokens,
+    -inf for every other one, so the draft's distribution is q restricted to the shortlist and
+    renormalised, and q(x) = 0 for every x outside it.
+
+    Why it is still lossless. Speculative sampling (PAPER.md section 4.1) returns exactly the
+    target's distribution p for ANY draft distribution q: a drafted x is kept with probability
+    min(1, p(x)/q(x)), and a rejection draws from the residual max(p - q, 0), normalised. Where
+    q(x) = 0 the draft never proposes x and the residual keeps all of p(x), so a token outside
+    the shortlist is still written exactly as often as the target would write it -- through the
+    residual draw after a rejection instead of through an acceptance. What the shortlist costs is
+    acceptance: alpha = sum_x min(p(x), q(x)) loses the target's mass outside the shortlist.
+
+    Why it pays. SmolLM2's head is a 49,152 x 576 matrix, as many bytes as 8 of its blocks: on a
+    CPU, where a step's cost follows the bytes it reads, it is a large share of a small draft's
+    step, while the target writes nearly all of its answers with a few thousand tokens
+    (distill_data.answer_vocabulary picks them from the distillation data; BENCHMARKS.md section
+    0b has the coverage and the costs). On a GPU, where a small model's step follows its kernel
+    count, it gains nothing. The head's rows are copied (an untied matrix of shortlist x dim);
+    the model's embedding is untouched. For decoding only: save_model expects the usual head."""
+
+    def __init__(self, output: nn.Linear, token_ids: torch.Tensor):
+        super().__init__()
+        weight = output.weight.detach()
+        self.vocab_size = weight.shape[0]
+        self.proj = nn.Linear(weight.shape[1], len(token_ids), bias=False, device=weight.device, dtype=weight.dtype)
+        self.proj.weight = nn.Parameter(weight[token_ids.to(weight.device)].clone(), requires_grad=False)
+        self.register_buffer("token_ids", token_ids.to(weight.device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortlisted = self.proj(x)                                                 # (B, T, K)
+        logits = shortlisted.new_full((*x.shape[:-1], self.vocab_size), float("-inf"))
+        return logits.index_copy_(-1, self.token_ids, shortlisted)               # (B, T, vocab_size)
+
+
+def shortlist_head(model: Llama, token_ids: list[int]) -> Llama:
+    """Give the model (a draft) a ShortlistHead over token_ids, in place. Before apply_decode_path,
+    so that the decode path's changes (FewRowLinear, graphs) reach the new head too."""
+    ids = torch.tensor(sorted(set(token_ids)), dtype=torch.long)
+    if len(ids) == 0 or ids[0] < 0 or ids[-1] >= model.config.vocab_size:
+        raise ValueError(f"a shortlist needs token ids in 0..{model.config.vocab_size - 1}; "
+                         "build it from data written with this model's tokenizer")
+    model.output = ShortlistHead(model.output, ids)
     return model
 
 

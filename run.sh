@@ -33,6 +33,9 @@ case "$PRESET" in
     : "${EVAL_GAMMAS:=1,2,4,6}" "${EVAL_PROMPTS:=10}" "${EVAL_MAX_NEW:=128}" "${DEVICE:=cuda}" "${CKPT_INTERVAL:=500}"
     : "${DECODE_PATH:=graphs}" "${EVAL_FLAGS:=}" ;;
   smollm2)  # the real chat model; one H200: 16 min (README); on a GPU the fastest decode path
+    # DRAFT_FROM_TARGET=N: the draft starts as the target's embedding, first N blocks and head
+    # (README: drafts cut from SmolLM2); a trained model needs smaller steps than a random one.
+    if [ -n "${DRAFT_FROM_TARGET:-}" ]; then : "${DRAFT_STEPS:=300}" "${DRAFT_LR:=3e-4}" "${DISTILL_LR:=5e-4}"; fi
     : "${DRAFT_STEPS:=2000}" "${DISTILL_STEPS:=500}" "${BATCH:=64}" "${MAX_LEN:=512}"
     : "${SETTINGS_PER_PROMPT:=2}" "${GEN_BATCH:=256}" "${MAX_NEW:=160}" "${DRAFT:=smollm2-draft-4l}"
     : "${EVAL_GAMMAS:=2,4,6}" "${EVAL_PROMPTS:=8}" "${EVAL_MAX_NEW:=64}" "${DEVICE:=cuda}" "${CKPT_INTERVAL:=500}"
@@ -68,9 +71,12 @@ else
 fi
 TRAIN_FLAGS="--batch-size $BATCH ${MICRO_BATCH:+--micro-batch-size $MICRO_BATCH} ${MAX_LEN:+--max-len $MAX_LEN}"
 
+DRAFT_INIT="--preset $DRAFT"
+if [ -n "${DRAFT_FROM_TARGET:-}" ]; then DRAFT_INIT="--init $TARGET --init-layers $DRAFT_FROM_TARGET"; fi
+
 stage "phase 1: pretrain the draft on plain text only"
-python train.py --mode pretrain --preset "$DRAFT" --data "${CORPUS:-$WORLD/corpus.txt}" \
-  --tokenizer "$TOK" --out "$RUN/draft-pretrained" --max-steps "$DRAFT_STEPS" $TRAIN_FLAGS --lr 3e-3 \
+python train.py --mode pretrain $DRAFT_INIT --data "${CORPUS:-$WORLD/corpus.txt}" \
+  --tokenizer "$TOK" --out "$RUN/draft-pretrained" --max-steps "$DRAFT_STEPS" $TRAIN_FLAGS --lr "${DRAFT_LR:-3e-3}" \
   --warmup 50 --eval-interval "$DRAFT_STEPS" --ckpt-interval "$CKPT_INTERVAL" --log-interval 100 --seed "$SEED" --device "$DEVICE"
 
 stage "phase 2: the target answers the seed prompts (distillation data)"
@@ -84,7 +90,7 @@ for LOSS in $LOSSES; do
   stage "phase 3: distil the draft with $LOSS"
   python train.py --mode distill --loss "$LOSS" --init "$RUN/draft-pretrained/model" --teacher "$TARGET" \
     --data "$RUN/distill.jsonl" --tokenizer "$TOK" --out "$RUN/draft-$LOSS" --max-steps "$DISTILL_STEPS" \
-    $TRAIN_FLAGS --lr 1e-3 --warmup 30 --eval-interval "$DISTILL_STEPS" --ckpt-interval "$CKPT_INTERVAL" \
+    $TRAIN_FLAGS --lr "${DISTILL_LR:-1e-3}" --warmup 30 --eval-interval "$DISTILL_STEPS" --ckpt-interval "$CKPT_INTERVAL" \
     --log-interval 50 --seed "$SEED" --device "$DEVICE"
   DRAFTS="$DRAFTS,$LOSS=$RUN/draft-$LOSS/model"
 done

@@ -224,7 +224,7 @@ def build_models(args, tok, device):
     # The trained weights are float32 whatever --init stores (a bf16 export, say): AdamW's small
     # updates vanish in bf16 weights, and on a CPU bf16 products run far slower than float32.
     # Speed on the GPU comes from autocast, which computes in bf16 from these float32 weights.
-    model = (load_model(args.init, device, torch.float32) if args.init
+    model = (load_model(args.init, device, torch.float32, n_layers=args.init_layers) if args.init
              else Llama(get_config(args.preset, vocab_size=tok.vocab_size)).to(device))
     check_vocab(tok, model.config.vocab_size, args.init or f"preset {args.preset}")
     teacher, loss_fn = None, None
@@ -504,6 +504,8 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="run directory: ckpt.pt, model/ and log.jsonl")
     p.add_argument("--preset", default=None, help="model preset to train from scratch (model.PRESETS)")
     p.add_argument("--init", default=None, help="checkpoint to start from (e.g. the pretrained draft)")
+    p.add_argument("--init-layers", type=int, default=None,
+                   help="with --init: keep only its first N blocks (a draft cut from the target)")
     p.add_argument("--teacher", default=None, help="distill: the target model (a directory or a .gguf)")
     p.add_argument("--loss", default="tvdpp", help="distill: kld, tvd, tvdpp (tvd++), lk, lk_hybrid, ...")
     p.add_argument("--max-steps", type=int, default=1000)
@@ -535,7 +537,7 @@ def check_args(args) -> None:
                 "--warmup": (args.warmup, 0), "--log-interval": (args.log_interval, 1),
                 "--eval-interval": (args.eval_interval, 1), "--ckpt-interval": (args.ckpt_interval, 1),
                 "--eval-n-prompts": (args.eval_n_prompts, 1), "--eval-gamma": (args.eval_gamma, 1),
-                "--eval-max-new-tokens": (args.eval_max_new_tokens, 1)}
+                "--eval-max-new-tokens": (args.eval_max_new_tokens, 1), "--init-layers": (args.init_layers, 1)}
     for flag, (value, minimum) in at_least.items():
         if value is not None and value < minimum:
             raise ValueError(f"{flag} must be >= {minimum}, got {value}")
@@ -545,6 +547,8 @@ def check_args(args) -> None:
         raise ValueError(f"--grad-clip must be > 0 and --weight-decay >= 0, got {args.grad_clip} and {args.weight_decay}")
     if (args.preset is None) == (args.init is None):
         raise ValueError("give exactly one of --preset (train from scratch) or --init (continue from a checkpoint)")
+    if args.init_layers is not None and args.init is None:
+        raise ValueError("--init-layers cuts the checkpoint given by --init; give --init too")
     if args.preset is not None:
         get_config(args.preset)                 # an unknown preset names the valid ones
     if args.mode == "distill":

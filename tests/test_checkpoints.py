@@ -6,6 +6,7 @@ so a wrong permutation, renaming or shard split shows up as different logits.
 (results/verify_hf.py checks the same against the real transformers library.)
 """
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -154,6 +155,21 @@ def test_own_format_round_trip(tmp_path, config):
         assert ("output.weight" in f.keys()) == (not config.tie_embeddings)   # a tied matrix once
     # the tie is restored: one Parameter, so training updates both uses
     assert (loaded.output.weight is loaded.tok_embeddings.weight) == config.tie_embeddings
+
+
+@pytest.mark.parametrize("config", [LLAMA2, LLAMA3], ids=["llama2", "llama3-tied"])
+def test_a_cut_keeps_the_embedding_the_first_blocks_the_norm_and_the_head(tmp_path, config):
+    """load_model(n_layers=1): the first block and everything around the blocks, the rest dropped."""
+    model = random_model(config)
+    save_model(model, tmp_path / "ckpt")
+    cut = load_model(tmp_path / "ckpt", n_layers=1)
+    assert cut.config == replace(config, n_layers=1) and len(cut.layers) == 1
+    del model.layers[1:]                                  # the same model, stopped after block 0
+    assert torch.equal(logits(cut), logits(model))
+    assert (cut.output.weight is cut.tok_embeddings.weight) == config.tie_embeddings
+    for n_layers in (0, 3):
+        with pytest.raises(ValueError, match=f"cannot keep {n_layers} blocks of .*: it has 2; choose 1 to 2"):
+            load_model(tmp_path / "ckpt", n_layers=n_layers)
 
 
 def test_own_format_overwrite_and_dtype(tmp_path):

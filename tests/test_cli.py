@@ -185,6 +185,11 @@ CASES = [
     ("speculative", {"--top-k": "0"}, "top_k must be >= 1"),
     ("speculative", {"--decode-path": "graphs"}, "needs the models on a CUDA GPU"),
     ("evaluate", {"--decode-path": "compile+graphs"}, "needs the models on a CUDA GPU"),
+    ("evaluate", {"--draft-vocab": "64"}, "--draft-vocab N and --draft-vocab-data distill.jsonl go together"),
+    ("evaluate", {"--draft-vocab": "0", "--draft-vocab-data": "{prompts}"}, "--draft-vocab must be >= 1"),
+    ("evaluate", {"--draft-vocab": "64", "--draft-vocab-data": "{root}/missing.jsonl"}, "missing.jsonl not found"),
+    ("train", {"--init-layers": "2"}, "--init-layers cuts the checkpoint given by --init"),
+    ("train", {"--preset": None, "--init": "{draft}", "--init-layers": "9"}, "cannot keep 9 blocks"),
     ("speculative", {"--tokenizer": None}, "give --tokenizer"),
     # an empty or malformed prompts file, with the line number
     ("evaluate", {"--prompts": "story={malformed}"}, "malformed.jsonl:2: invalid JSON"),

@@ -294,3 +294,12 @@ def test_cli_killed_with_sigkill_resumes_to_the_uninterrupted_file(setup, refere
     assert 0 < len(out.read_bytes().splitlines()) < 72
     distill_data.main(cli_args(setup, out))   # the same command again (in-process: no second torch import)
     assert out.read_bytes() == reference
+
+
+def test_answer_vocabulary_ranks_the_answer_tokens_by_count_then_id():
+    records = [{"prompt_ids": [1, 1, 1], "response_ids": [5, 5, 3, 9]}, {"prompt_ids": [8], "response_ids": [3, 5, 7]}]
+    assert distill_data.answer_vocabulary(records, 2) == ([5, 3], 5 / 7)      # prompts are not counted
+    assert distill_data.answer_vocabulary(records, 3) == ([5, 3, 7], 6 / 7)   # 7 and 9 tie: the lower id
+    assert distill_data.answer_vocabulary(records, 99) == ([5, 3, 7, 9], 1.0)
+    with pytest.raises(ValueError, match="at least 1 token"):
+        distill_data.answer_vocabulary(records, 0)

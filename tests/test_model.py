@@ -284,11 +284,39 @@ def test_few_row_matmuls_change_nothing_but_the_product(tmp_path, monkeypatch):
         x = torch.randn(3, 2, model.config.dim)                        # 6 rows: the (W x^T)^T branch
         layer = model.layers[0].feed_forward.w1
         torch.testing.assert_close(layer(x), x @ layer.weight.T, atol=ATOL, rtol=0)
+        usual_rows.clear()
+        torch.testing.assert_close(decode_in_chunks(model, tokens[:1, :7], [5, 1, 1]), cached[:1, :7], atol=ATOL, rtol=0)
+        linears = 7 * model.config.n_layers + 1                    # wq wk wv wo w1 w2 w3 per block, the head
+        assert usual_rows == [1] * 2 * linears                     # one row: the library's own product
     assert model.state_dict().keys() == state.keys()
     assert all(torch.equal(model.state_dict()[name], p) for name, p in state.items())
     save_model(model, tmp_path)
     with torch.no_grad():
         torch.testing.assert_close(load_model(tmp_path)(tokens), full, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("path", ["eager", "few-row-matmuls"])
+def test_shortlist_head_keeps_the_shortlisted_logits_and_masks_every_other_token(path):
+    """shortlist_head: the same logits as the full head on the shortlist, -inf elsewhere, in a
+    full pass and in cached decoding, on both CPU decode paths (which must reach the new head)."""
+    from fast_decode import FewRowLinear, ShortlistHead, apply_decode_path, shortlist_head
+    model = random_model()
+    tokens = random_tokens(2, 12, model.config.vocab_size)
+    shortlist = [40, 3, 7, 96, 3, 0]                       # unsorted, with a repeat
+    kept, masked = sorted(set(shortlist)), [t for t in range(model.config.vocab_size) if t not in shortlist]
+    with torch.no_grad():
+        full = model(tokens)
+        shortlist_head(model, shortlist)
+        apply_decode_path([model], path)
+        assert isinstance(model.output, ShortlistHead)
+        assert (type(model.output.proj) is FewRowLinear) == (path == "few-row-matmuls")
+        for logits in (model(tokens), decode_in_chunks(model, tokens, [5, 1, 1, 3, 2])):
+            torch.testing.assert_close(logits[..., kept], full[..., kept], atol=ATOL, rtol=0)
+            assert torch.all(logits[..., masked] == float("-inf"))
+    assert torch.equal(model.tok_embeddings.weight, random_model().tok_embeddings.weight)   # untouched
+    for bad in ([], [-1], [model.config.vocab_size]):
+        with pytest.raises(ValueError, match="a shortlist needs token ids in 0..96"):
+            shortlist_head(random_model(), bad)
 
 
 def test_left_padded_batch_matches_unpadded_rows():

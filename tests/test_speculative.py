@@ -29,7 +29,7 @@ import math
 import pytest
 import torch
 
-from fast_decode import apply_decode_path
+from fast_decode import apply_decode_path, shortlist_head
 from model import Llama, count_params, get_config
 from evaluate import evaluate_pair, mean_ci95, memory_bound_speedup, plain_tokens_per_s, predicted_block_efficiency
 from speculative import (block_stats, generate, generate_batch, sample, sample_probs, speculative_generate,
@@ -514,6 +514,29 @@ def test_speculative_samples_follow_the_target_joint_not_the_draft(vocab_size, g
     p_draft = chi_square_p_value(counts, draft_joint)
     assert p_draft < SIGNIFICANCE, f"no power: the draft's joint (TVD {tvd(target_joint, draft_joint):.2f}) " \
                                    f"was not rejected, p={p_draft:.2g}"
+
+
+@pytest.mark.parametrize("path", ["eager", "few-row-matmuls"])
+def test_a_draft_over_a_shortlist_still_samples_the_target_joint(path):
+    """fast_decode.ShortlistHead: the draft never proposes tokens 1, 4 and 5, yet they come out
+    exactly as often as the target writes them (through the residual draw after a rejection)."""
+    vocab_size, gamma, prompt, sampling, n_tokens, n_runs = 6, 2, [2, 5], dict(temperature=1.0), 3, 600
+    target = random_model(0, vocab_size=vocab_size, **TINY)
+    draft = perturbed_copy(target, noise=0.3)
+    target_joint = exact_joint(target, prompt, n_tokens, **sampling)
+    shortlist_head(draft, [0, 2, 3])
+    draft_joint = exact_joint(draft, prompt, n_tokens, **sampling)
+    apply_decode_path([target, draft], path)
+    generator = torch.Generator().manual_seed(0)
+    counts, outside = torch.zeros(vocab_size ** n_tokens), 0
+    for _ in range(n_runs):
+        tokens, _ = speculative_generate(target, draft, prompt, n_tokens, gamma, **sampling, generator=generator)
+        counts[sum(int(t) * vocab_size ** (n_tokens - 1 - i) for i, t in enumerate(tokens))] += 1
+        outside += sum(int(t) in (1, 4, 5) for t in tokens)
+    assert outside > 50, "tokens outside the shortlist must still be written"
+    p_target = chi_square_p_value(counts, target_joint)
+    assert p_target > SIGNIFICANCE, f"speculative samples do not follow the target: p={p_target:.2g}"
+    assert chi_square_p_value(counts, draft_joint) < SIGNIFICANCE, "no power: the draft's joint was not rejected"
 
 
 # ----------------------------------------------------------------------------------------------

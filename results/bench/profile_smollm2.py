@@ -7,9 +7,15 @@
       forward, KLD loss, backward, optimizer), each piece timed with synchronizations.
 
     PYTHONPATH=. python results/bench/profile_smollm2.py | tee results/bench/profile_smollm2.log
+
+Options (added in the fifth session; the defaults are the run above): --draft cut:N for a draft of
+SmolLM2's own shape with N blocks (train.py --init-layers N), --shortlist K to give the draft a
+fast_decode.ShortlistHead over K tokens, --block-only to skip (b).
 """
 
+import argparse
 import time
+from dataclasses import replace
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -42,13 +48,18 @@ def kernels_per_call(fn) -> int:
 
 def random_model(preset: str, dtype=torch.bfloat16) -> Llama:
     torch.manual_seed(0)
+    config = (replace(get_config("smollm2-135m"), n_layers=int(preset[4:])) if preset.startswith("cut:")
+              else get_config(preset))
     with torch.device("cuda"):
-        return Llama(get_config(preset)).to(dtype).eval()
+        return Llama(config).to(dtype).eval()
 
 
 @torch.no_grad()
-def block_pieces() -> None:
-    target, draft = random_model("smollm2-135m"), random_model("smollm2-draft-4l")
+def block_pieces(draft_name: str = "smollm2-draft-4l", shortlist: int | None = None) -> None:
+    target, draft = random_model("smollm2-135m"), random_model(draft_name)
+    if shortlist:
+        fast_decode.shortlist_head(draft, list(range(shortlist)))
+        draft_name += f" over a {shortlist}-token shortlist"
     fast_decode.apply_decode_path([target, draft], "fused+compile+graphs")
     V = target.config.vocab_size
     slots = CONTEXT + GAMMA + 4
@@ -77,7 +88,7 @@ def block_pieces() -> None:
         "target probabilities, 5 rows, T=1": lambda: sample_probs(logits_5, 1.0),
         "acceptance test + residual draw": lambda: verify(draft_tokens, draft_probs, target_probs, generator),
     }
-    print(f"\n(a) SmolLM2-135M + smollm2-draft-4l, fused+compile+graphs, random bf16 weights, {CONTEXT} "
+    print(f"\n(a) SmolLM2-135M + {draft_name}, fused+compile+graphs, random bf16 weights, {CONTEXT} "
           f"tokens in the caches; each piece recorded and replayed alone")
     print("| piece | kernels | GPU ms (graph replay) |\n|---|---|---|")
     ms = {}
@@ -159,6 +170,12 @@ def distill_step_pieces(batch: int = 64, length: int = 256, answer: int = 160) -
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--draft", default="smollm2-draft-4l", help="a model preset or cut:N")
+    parser.add_argument("--shortlist", type=int, default=None)
+    parser.add_argument("--block-only", action="store_true")
+    args = parser.parse_args()
     print(torch.cuda.get_device_name(), "| torch", torch.__version__)
-    block_pieces()
-    distill_step_pieces()
+    block_pieces(args.draft, args.shortlist)
+    if not args.block_only:
+        distill_step_pieces()
