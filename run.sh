@@ -11,6 +11,7 @@
 #   bash run.sh                    # CPU preset: minutes on a 2-core laptop, no download
 #   PRESET=gpu bash run.sh         # single-GPU preset on the synthetic world: bigger models and data
 #   PRESET=smollm2 bash run.sh     # single GPU, the real chat model SmolLM2-135M-Instruct (a GGUF from PyPI)
+#   PRESET=smollm2 DRAFT_FROM_TARGET=4 bash run.sh   # the same with the draft cut from SmolLM2 (its first 4 blocks)
 #
 # Every step resumes: re-running the command skips finished work and continues interrupted work.
 # Each knob can be overridden from the environment, e.g. LOSSES="kld tvdpp_datatoken" bash run.sh

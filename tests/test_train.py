@@ -269,6 +269,22 @@ def test_a_bfloat16_init_trains_float32_weights(setup, tmp_path):
     assert {v.dtype for s in state.values() for k, v in s.items() if k != "step"} == {torch.float32}
 
 
+def test_init_layers_trains_a_draft_cut_from_the_teacher(setup, tmp_path):
+    """--init teacher --init-layers 1: the run trains the teacher's embedding, first block, norm
+    and head (a learning rate of 1e-12 leaves them where they started), nothing of block 1."""
+    out = tmp_path / "cut"
+    args = pretrain_args(setup, out, init=setup["root"] / "teacher", init_layers=1, max_steps=2, lr=1e-12,
+                         weight_decay=0)
+    at = args.index("--preset")
+    train.main(args[:at] + args[at + 2:])                         # --init instead of --preset
+    teacher = {name: t for name, t in load_file(setup["root"] / "teacher" / "model.safetensors").items()
+               if not name.startswith("layers.1.")}
+    cut = weights(out)
+    assert cut.keys() == teacher.keys()
+    assert all(torch.allclose(cut[name], teacher[name], atol=1e-9) for name in cut)
+    assert load_model(out / "model").config.n_layers == 1
+
+
 def run_error(argv, capsys) -> str:
     """Run train.py's command line in-process; return its one-line error message."""
     with pytest.raises(SystemExit) as exit_info:
