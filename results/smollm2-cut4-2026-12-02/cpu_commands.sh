@@ -26,3 +26,5 @@ cpu_eval cpu-shortlist-T1 --gammas 2,4 --temperatures 1 --draft-vocab 8192 --dra
 cpu_eval cpu-shortlist-T0-g234 --gammas 2,3,4 --temperatures 0 --draft-vocab 8192 --draft-vocab-data $R/distill.jsonl
 # And gamma 3 once more, to see how much a whole run moves on this machine:
 cpu_eval cpu-shortlist-T0-g3-repeat --gammas 3 --temperatures 0 --draft-vocab 8192 --draft-vocab-data $R/distill.jsonl
+# And T=1 at gamma 3:
+cpu_eval cpu-shortlist-T1-g3 --gammas 3 --temperatures 1 --draft-vocab 8192 --draft-vocab-data $R/distill.jsonl
