@@ -22,8 +22,8 @@ bench.py: where the time goes on one GPU, measured side by side in one run (BENC
 --section pair   A trained (target, draft) pair on real prompts: plain and speculative tokens/s on
   each decode path, tau and the speed-up, and the same weights through Hugging Face transformers
   (export_hf): generate and generate(assistant_model=...). transformers is not a dependency of
-  this project: install it only where this benchmark runs. Then distillation-data generation,
-  batched vs one prompt at a time.
+  this project: install it only where this benchmark runs. The one section that also runs on
+  a CPU (--device cpu, float32; --paths eager or few-row-matmuls).
 Every table is printed as markdown and saved as JSON (--out).
 """
 
@@ -38,9 +38,9 @@ import torch
 import fast_decode
 from checkpoints import export_hf, load_model
 from data import load_jsonl_prompts
-from evaluate import memory_bound_speedup, warm_up
+from evaluate import memory_bound_speedup
 from model import Llama, count_params, get_config
-from speculative import Decoder, SpeculativeDecoder
+from speculative import Decoder, SpeculativeDecoder, synchronize, warm_up
 from tokenizer import chat_prompt, load_tokenizer
 
 
@@ -59,11 +59,11 @@ def cuda_time(fn, repeats: int = 20, warmup: int = 3) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def wall_time(fn) -> float:
-    torch.cuda.synchronize()
+def wall_time(fn, device: torch.device = torch.device("cuda")) -> float:
+    synchronize(device)
     started = time.perf_counter()
     fn()
-    torch.cuda.synchronize()
+    synchronize(device)
     return time.perf_counter() - started
 
 
@@ -259,14 +259,18 @@ def section_loop(args) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 def section_pair(args) -> dict:
+    """Ours and transformers on the same trained pair: bf16 on a GPU, float32 on a CPU."""
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     tok = load_tokenizer(args.tokenizer or args.target)
     prompts = [chat_prompt(tok, r["prompt"], r.get("system")) for r in load_jsonl_prompts(args.prompts)[: args.n_prompts]]
     n_new, results = args.max_new_tokens, {"ours": [], "hf": []}
-    print(f"\n{len(prompts)} prompts, {n_new} new tokens each (no stop token, so every run makes the same count), gamma {args.gamma}")
+    print(f"\n{len(prompts)} prompts, {n_new} new tokens each (no stop token, so every run makes the same count), "
+          f"gamma {args.gamma}, {device.type}, {dtype}")
     print("| decode path | T | plain tok/s | speculative tok/s | speed-up | tau | MBSU |\n|---|---|---|---|---|---|---|")
     for path in args.paths.split(","):
-        target = load_model(args.target, "cuda", torch.bfloat16)
-        draft = load_model(args.draft, "cuda", torch.bfloat16)
+        target = load_model(args.target, device, dtype)
+        draft = load_model(args.draft, device, dtype)
         options = fast_decode.apply_decode_path([target, draft], path)
         longest = max(map(len, prompts))
         speculative = SpeculativeDecoder(target, draft, longest + n_new + args.gamma + 2, **options)
@@ -278,10 +282,10 @@ def section_pair(args) -> dict:
             taus = []
             for i, prompt in enumerate(prompts):
                 plain_s += wall_time(lambda: plain.generate([prompt], n_new, temperature,
-                                                            generator=torch.Generator("cuda").manual_seed(i)))
+                                                            generator=torch.Generator(device).manual_seed(i)), device)
                 stats = {}
                 spec_s += wall_time(lambda: stats.update(speculative.generate(
-                    prompt, n_new, args.gamma, temperature, generator=torch.Generator("cuda").manual_seed(i))[1]))
+                    prompt, n_new, args.gamma, temperature, generator=torch.Generator(device).manual_seed(i))[1]), device)
                 taus.append(stats["block_efficiency"])
             tau = sum(taus) / len(taus)
             row = {"path": path, "temperature": temperature, "plain_tokens_per_s": len(prompts) * n_new / plain_s,
@@ -289,16 +293,17 @@ def section_pair(args) -> dict:
                    "mbsu": memory_bound_speedup(count_params(target), count_params(draft), tau, args.gamma)}
             row["speedup"] = row["speculative_tokens_per_s"] / row["plain_tokens_per_s"]
             results["ours"].append(row)
-            print(f"| {path} | {temperature:g} | {row['plain_tokens_per_s']:.0f} | {row['speculative_tokens_per_s']:.0f} | "
+            print(f"| {path} | {temperature:g} | {row['plain_tokens_per_s']:.1f} | {row['speculative_tokens_per_s']:.1f} | "
                   f"{row['speedup']:.2f}x | {tau:.2f} | {row['mbsu']:.2f}x |")
         del target, draft, speculative, plain
-        torch.cuda.empty_cache()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     results["hf"] = hf_assisted(args, prompts, n_new, max(results["ours"], key=lambda r: r["speculative_tokens_per_s"]
-                                                          * (r["temperature"] == 0)))
+                                                          * (r["temperature"] == 0)), device, dtype)
     return results
 
 
-def hf_assisted(args, prompts, n_new, ours: dict) -> list[dict]:
+def hf_assisted(args, prompts, n_new, ours: dict, device: torch.device, dtype: torch.dtype) -> list[dict]:
     """The same pair through transformers: plain generate and assisted generation, greedy."""
     try:
         import transformers
@@ -308,25 +313,25 @@ def hf_assisted(args, prompts, n_new, ours: dict) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, path in (("target", args.target), ("draft", args.draft)):
-            export_hf(load_model(path), os.path.join(tmp, name), dtype=torch.bfloat16)
-        hf_target = transformers.LlamaForCausalLM.from_pretrained(os.path.join(tmp, "target"), dtype=torch.bfloat16).cuda().eval()
-        hf_draft = transformers.LlamaForCausalLM.from_pretrained(os.path.join(tmp, "draft"), dtype=torch.bfloat16).cuda().eval()
+            export_hf(load_model(path), os.path.join(tmp, name), dtype=dtype)
+        hf_target = transformers.LlamaForCausalLM.from_pretrained(os.path.join(tmp, "target"), dtype=dtype).to(device).eval()
+        hf_draft = transformers.LlamaForCausalLM.from_pretrained(os.path.join(tmp, "draft"), dtype=dtype).to(device).eval()
         hf_draft.generation_config.num_assistant_tokens = args.gamma
         hf_draft.generation_config.num_assistant_tokens_schedule = "constant"
         hf_draft.generation_config.assistant_confidence_threshold = 0.0
         for label, kwargs in (("transformers generate", {}), ("transformers assisted generation", {"assistant_model": hf_draft})):
             seconds = 0.0
             for i, prompt in enumerate(prompts[:1] + prompts):           # the first run is a warm-up
-                ids = torch.tensor([prompt], device="cuda")
+                ids = torch.tensor([prompt], device=device)
                 s = wall_time(lambda: hf_target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_new,
-                                                         min_new_tokens=n_new, do_sample=False, **kwargs))
+                                                         min_new_tokens=n_new, do_sample=False, **kwargs), device)
                 seconds += s if i else 0.0
             rows.append({"label": label, "tokens_per_s": len(prompts) * n_new / seconds})
     rows.append({"label": f"ours, speculative ({ours['path']})", "tokens_per_s": ours["speculative_tokens_per_s"]})
     print(f"\ntransformers {transformers.__version__}, greedy, gamma {args.gamma} (constant schedule), same prompts")
     print("| decoder | tok/s | ours / this |\n|---|---|---|")
     for r in rows:
-        print(f"| {r['label']} | {r['tokens_per_s']:.0f} | {ours['speculative_tokens_per_s'] / r['tokens_per_s']:.2f}x |")
+        print(f"| {r['label']} | {r['tokens_per_s']:.1f} | {ours['speculative_tokens_per_s'] / r['tokens_per_s']:.2f}x |")
     return rows
 
 
@@ -349,11 +354,17 @@ def main():
     p.add_argument("--prompts", help="pair: JSONL prompts")
     p.add_argument("--n-prompts", type=int, default=10)
     p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="pair: where to run it (bf16 on a GPU, float32 on a CPU; the other sections need a GPU)")
     p.add_argument("--out", default=None, help="write the numbers as JSON here")
     args = p.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("bench.py measures GPU performance: run it on a machine with a CUDA GPU")
-    print(f"{torch.cuda.get_device_name()} | torch {torch.__version__}")
+    if args.section == "pair" and args.device == "cpu":
+        print(f"CPU, {torch.get_num_threads()} threads | torch {torch.__version__}")
+    elif not torch.cuda.is_available():
+        raise SystemExit("bench.py measures GPU performance (--section pair also runs with --device cpu): "
+                         "run it on a machine with a CUDA GPU")
+    else:
+        print(f"{torch.cuda.get_device_name()} | torch {torch.__version__}")
     results = {"shapes": section_shapes, "loop": section_loop, "pair": section_pair}[args.section](args)
     if args.out:
         with open(args.out, "w") as f:

@@ -438,7 +438,7 @@ def load_model(path, device="cpu", dtype: torch.dtype | None = None,
     n_layers keeps only the first n_layers transformer blocks, with the embedding, the final
     norm and the head: a draft cut from the target. Untrained, it is the target "exiting
     early"; distillation then teaches its last block to hand the head what the target's
-    last block would (README: the drafts cut from SmolLM2).
+    last block would (PAPER.md section 2; README, the headline experiment).
     """
     path = Path(path)
     if path.suffix == ".gguf" or (path.is_file() and path.read_bytes()[:4] == b"GGUF"):

@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import os
-import time
 
 import torch
 
@@ -35,7 +34,8 @@ from common import check_output, differences, parse_list, parse_named_paths, run
 from data import load_jsonl_prompts
 from distill_data import answer_vocabulary, load_distill_records
 from model import Llama, count_params
-from speculative import Decoder, SpeculativeDecoder, check_context, check_pair, check_sampling, synchronize
+from speculative import (Decoder, SpeculativeDecoder, check_context, check_pair, check_sampling, decoder_slots,
+                         plain_tokens_per_s, warm_up)
 from tokenizer import chat_prompt, check_vocab, load_tokenizer
 
 
@@ -65,49 +65,18 @@ def mean_ci95(values: list[float]) -> tuple[float, float]:
     return mean, 1.96 * math.sqrt(variance / n)
 
 
-def decoder_slots(target: Llama, draft: Llama | None, prompts: list[list[int]], max_new_tokens: int, gamma: int = 0) -> int:
-    """Slots for decoders that serve every prompt: the longest prompt + new tokens (+ a block)."""
-    context = min(target.config.max_seq_len, draft.config.max_seq_len if draft else target.config.max_seq_len)
-    return 2 + min(max(map(len, prompts)) + max_new_tokens + gamma, context)
-
-
-def warm_up(generate, prompts: list[list[int]]) -> None:
-    """Untimed: generate(prompt) for every prompt (a few tokens each), so that the timed runs
-    after it pay no one-off costs: torch.compile compiles on first use (and again for input
-    shapes it has not seen), a CUDA graph is recorded on its step's first use, and on a GPU each
-    new prompt length can cost more set-up (cuDNN builds an attention plan per shape). None of
-    that belongs in tokens per second, hence every prompt, not just the first."""
-    for prompt in prompts:
-        generate(prompt)
-
-
-def plain_tokens_per_s(target: Llama, prompts: list[list[int]], max_new_tokens: int, temperature: float,
-                       top_k: int | None = None, top_p: float | None = None, stop_ids=(), seed: int = 0,
-                       graphs: bool = False) -> float:
-    """The baseline: tokens/s of plain decoding of `prompts` (prompt i seeded seed + i)."""
-    plain = Decoder(target, 1, decoder_slots(target, None, prompts, max_new_tokens), graphs)
-    warm_up(lambda prompt: plain.generate([prompt], 2, temperature, top_k, top_p), prompts)
-    tokens = seconds = 0.0
-    for i, prompt in enumerate(prompts):
-        generator = torch.Generator(target.device).manual_seed(seed + i)
-        synchronize(target.device)
-        started = time.perf_counter()
-        tokens += len(plain.generate([prompt], max_new_tokens, temperature, top_k, top_p, stop_ids, generator)[0])
-        synchronize(target.device)
-        seconds += time.perf_counter() - started
-    return tokens / seconds
-
-
 def evaluate_pair(target: Llama, draft: Llama, prompts: list[list[int]], gamma: int,
                   temperature: float, max_new_tokens: int, top_k: int | None = None,
                   top_p: float | None = None, stop_ids=(), seed: int = 0,
-                  baseline_tokens_per_s: float | None = None, graphs: bool = False) -> dict:
+                  baseline_tokens_per_s: float | None = None, graphs: bool = False,
+                  decoder: SpeculativeDecoder | None = None) -> dict:
     """Speculative decoding over `prompts` (prompt i with a generator seeded seed + i): one row of
     the results table; with the baseline's tokens/s (plain_tokens_per_s, same prompts and
-    settings), also the wall-clock speed-up."""
+    settings), also the wall-clock speed-up. `decoder`: a SpeculativeDecoder of this pair with
+    slots for every prompt and this gamma, to reuse across rows; by default a new one."""
     device = target.device
-    speculative = SpeculativeDecoder(target, draft, decoder_slots(target, draft, prompts, max_new_tokens, gamma),
-                                     graphs)
+    speculative = decoder or SpeculativeDecoder(
+        target, draft, decoder_slots(target, draft, prompts, max_new_tokens, gamma), graphs)
     if baseline_tokens_per_s or graphs:      # graphs are recorded, blocks compiled, on first use
         warm_up(lambda prompt: speculative.generate(prompt, gamma + 1, gamma, temperature, top_k, top_p), prompts)
     taus, accepted, tests, tokens, seconds = [], 0, 0, 0, 0.0
@@ -318,19 +287,26 @@ def main(argv=None):
     report = {"preset": args.preset, "target_params": count_params(target),
               "draft_params": count_params(next(iter(drafts.values()))), "settings": settings, "results": rows}
     done = {(r["draft"], r["task"], r["gamma"], r["temperature"]) for r in report["results"]}
+    # One plain decoder for every baseline and one speculative decoder per draft for all its rows,
+    # each with slots for the longest prompt of any task: a decoder records a CUDA graph once
+    # per kind of step (sampling settings, gamma), not once per row.
+    every_prompt = [prompt for task_prompts in prompts.values() for prompt in task_prompts]
+    plain = Decoder(target, 1, decoder_slots(target, None, every_prompt, args.max_new_tokens), **options)
     for name, draft in drafts.items():
+        speculative = SpeculativeDecoder(
+            target, draft, decoder_slots(target, draft, every_prompt, args.max_new_tokens, max(gammas)), **options)
         for task, task_prompts in prompts.items():
             for temperature in temperatures:
                 todo = [gamma for gamma in gammas if (name, task, gamma, temperature) not in done]
                 # The baseline does not depend on gamma: timed once per (draft, task, T), right
                 # before that draft's gammas, so machine drift hits both alike.
                 baseline = (plain_tokens_per_s(target, task_prompts, args.max_new_tokens, temperature,
-                                               stop_ids=tok.stop_ids, seed=args.seed, **options)
+                                               stop_ids=tok.stop_ids, seed=args.seed, decoder=plain)
                             if args.speedup and todo else None)
                 for gamma in todo:
                     row = {"draft": name, "task": task, **evaluate_pair(
                         target, draft, task_prompts, gamma, temperature, args.max_new_tokens, stop_ids=tok.stop_ids,
-                        seed=args.seed, baseline_tokens_per_s=baseline, **options)}
+                        seed=args.seed, baseline_tokens_per_s=baseline, **options, decoder=speculative)}
                     report["results"].append(row)
                     write_atomically(args.out, json.dumps(report, indent=1))
                     timing = f", speed-up {row['speedup']:.2f}x" if args.speedup else ""

@@ -9,13 +9,15 @@ a rejection rule (`verify`, where the proof is) keeps the output distributed EXA
 target alone would sample it.
 
 Everything here uses ONE function to turn logits into the processed next-token distribution
-(`sample_probs`), ONE sampler (`sample`), and two decoders that keep their state on the device:
-`Decoder` (plain autoregressive decoding, batched: the baseline, and the engine of the
-distillation data) and `SpeculativeDecoder`. Each writes its step as a function of tensors at
-fixed addresses (the token buffer, the KV caches, the current length) that never asks the host
-anything, so that, on a GPU, the step can be recorded once as a CUDA graph and replayed
+(`sample_probs`), ONE sampler (`sample`; at temperature 0 the decoders take the argmax instead,
+`sample_token` and `verify_greedy` say why that is the same), and two decoders that keep their
+state on the device: `Decoder` (plain autoregressive decoding, batched: the baseline, and the
+engine of the distillation data) and `SpeculativeDecoder`. Each writes its step as a function of
+tensors at fixed addresses (the token buffer, the KV caches, the current length) that never asks
+the host anything, so that, on a GPU, the step can be recorded once as a CUDA graph and replayed
 (fast_decode.py); eagerly, the very same function is the readable reference. `generate`,
-`generate_batch` and `speculative_generate` are the one-call forms.
+`generate_batch` and `speculative_generate` are the one-call forms; `plain_tokens_per_s` times
+the baseline, and `python speculative.py --bench` times one prompt both ways.
 """
 
 import argparse
@@ -52,14 +54,14 @@ def sample_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | No
     Speculative decoding is lossless only if draft and target go through THIS SAME processing:
     the rejection rule then reproduces the processed target distribution exactly.
     """
-    logits = logits.float()
     if temperature == 0:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
-    logits = logits / temperature
+    if temperature != 1:                       # at T = 1 neither the copy nor the division is needed
+        logits = logits.float() / temperature  # divided in float32: bf16 would round logits / T
     if top_k is not None and top_k < logits.shape[-1]:
         kth_largest = torch.topk(logits, top_k, dim=-1).values[..., -1:]      # (..., 1)
         logits = logits.masked_fill(logits < kth_largest, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
+    probs = torch.softmax(logits, dim=-1, dtype=torch.float32)              # computed in float32
     if top_p is not None and top_p < 1:
         sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
         mass_before = sorted_probs.cumsum(-1) - sorted_probs                  # mass of strictly more likely tokens
@@ -69,12 +71,8 @@ def sample_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | No
     return probs
 
 
-def sample(probs: torch.Tensor, generator: torch.Generator | None = None, greedy: bool = False) -> torch.Tensor:
+def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One token per row of probs (..., V) -> (...), without waiting for the GPU.
-
-    greedy=True says that probs comes from temperature 0, one-hot rows: the token is the argmax,
-    and drawing random numbers would change nothing (on a CPU the draw over 49,152 tokens costs
-    more than the argmax many times over), so none are drawn.
 
     The exponential race: draw E_x ~ Exp(1) independently for every token x; the token with
     the largest p(x) / E_x is x with probability exactly p(x) (E_x / p(x) ~ Exp(p(x)), and the
@@ -83,10 +81,21 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None = None, greedy
     probability 0 score 0 and are never chosen. torch.multinomial draws the same way but first
     checks the probabilities with .item(), a host synchronisation at every token.
     """
-    if greedy:
-        return probs.argmax(dim=-1)
     races = torch.empty_like(probs).exponential_(generator=generator)      # E_x ~ Exp(1), > 0
     return (probs / races).argmax(dim=-1)
+
+
+def sample_token(logits: torch.Tensor, sampling: tuple, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The decoders' next token from logits (..., V) under sampling = (temperature, top_k, top_p).
+
+    Temperature 0 is the argmax of the logits themselves. It is what sample() would return for
+    the one-hot distribution sample_probs makes at T = 0 (the race can only pick the token of
+    probability 1), without building that V-wide distribution or drawing V random numbers:
+    on a GPU those are kernels of their own at every token, on a CPU the draw over 49,152 tokens
+    costs more than the argmax many times over. Every other temperature samples sample_probs."""
+    if sampling[0] == 0:
+        return logits.argmax(dim=-1)
+    return sample(sample_probs(logits, *sampling), generator)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -174,8 +183,8 @@ class Decoder:
         """One token for every row: feed the newest token, sample the next, write it after it."""
         newest = self.length - 1                                                   # (1,) its slot
         logits = self.model(self.tokens.index_select(1, newest), self.cache, newest)[:, -1]      # (B, V)
-        next_token = sample(sample_probs(logits, *sampling), generator, greedy=sampling[0] == 0)   # (B,)
-        self.tokens.index_copy_(1, self.length, next_token[:, None])
+        token = sample_token(logits, sampling, generator)                                   # (B,)
+        self.tokens.index_copy_(1, self.length, token[:, None])
         self.length += 1
 
     @torch.no_grad()
@@ -242,7 +251,7 @@ def generate(model: Llama, prompt_ids, max_new_tokens: int, temperature: float =
 # ----------------------------------------------------------------------------------------------
 
 def verify(draft_tokens: torch.Tensor, draft_probs: torch.Tensor, target_probs: torch.Tensor,
-           generator: torch.Generator | None = None, greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+           generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The rejection-sampling rule for one block (PAPER.md 4.1), entirely on the device.
 
     draft_tokens x_1..x_gamma (gamma,) with x_i ~ q_i; draft_probs q (gamma, V); target_probs
@@ -258,7 +267,7 @@ def verify(draft_tokens: torch.Tensor, draft_probs: torch.Tensor, target_probs: 
     P(reject) = sum_x max(p(x) - q(x), 0) = TVD(p, q) is exactly the residual's normaliser. At
     temperature 1 that is why the paper trains the draft on TVD: P(reject) = TVD(p_t, q_t).
     Defining q_{gamma+1} := 0 makes the bonus token the same formula (max(p - 0, 0) = p).
-    greedy=True (temperature 0: one-hot p and q) draws that token as an argmax (see sample).
+    At temperature 0 the decoders use verify_greedy, this rule for one-hot p and q.
     """
     gamma = draft_tokens.shape[0]
     rows = torch.arange(gamma, device=draft_tokens.device)
@@ -271,7 +280,23 @@ def verify(draft_tokens: torch.Tensor, draft_probs: torch.Tensor, target_probs: 
     residual = (p_next - q_next).clamp(min=0)                                        # max(p - q, 0)
     # A rejection implies p != q somewhere, so the residual has mass; guard against rounding.
     residual = torch.where(residual.sum() > 0, residual, p_next)
-    return n_accepted, sample(residual / residual.sum(), generator, greedy)
+    return n_accepted, sample(residual / residual.sum(), generator)
+
+
+def verify_greedy(draft_tokens: torch.Tensor, target_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """verify() at temperature 0, from the target's logits (gamma + 1, V): (n_accepted, next_token).
+
+    At T = 0 both distributions are one-hot (sample_probs): q_i on the draft's argmax x_i, p_i on
+    the target's argmax t_i. The rule then decides without chance. x_i passes u q_i(x_i) < p_i(x_i),
+    i.e. u < p_i(x_i) with u in [0, 1), exactly when p_i(x_i) = 1: when x_i = t_i. After the first
+    mismatch at n + 1, the residual max(p_{n+1} - q_{n+1}, 0) is p_{n+1} itself (q's mass sits
+    where p has none), whose only token is t_{n+1}; after a full match the bonus token is
+    t_{gamma+1}. So: accept while x_i = t_i, then write t_{n+1} -- the same result as verify() on
+    the one-hot distributions, without building them or drawing random numbers."""
+    gamma = draft_tokens.shape[0]
+    target_tokens = target_logits.argmax(dim=-1)                                    # (gamma + 1,) t_i
+    n_accepted = (draft_tokens == target_tokens[:gamma]).long().cumprod(0).sum()   # matching prefix
+    return n_accepted, target_tokens.index_select(0, n_accepted.view(1))[0]
 
 
 class SpeculativeDecoder:
@@ -307,27 +332,33 @@ class SpeculativeDecoder:
         [n_accepted, the gamma + 1 tokens now at the block's slots]: the one thing the host reads."""
         first = self.length.clone()                          # (1,) the block's first new slot
         offsets = self.offsets[: gamma + 1]
-        greedy = sampling[0] == 0                            # temperature 0: argmax, no random draws
+        greedy = sampling[0] == 0            # temperature 0: argmaxes, no distributions (verify_greedy)
         # 1. The draft proposes x_1..x_gamma ~ q, fed the last two tokens, then each of its samples.
         draft_slots = first - 2 + offsets[:2]
         draft_input = self.tokens.index_select(1, draft_slots)                     # (1, 2)
         draft_tokens, draft_probs = [], []
         for i in range(gamma):
             draft_logits = self.draft(draft_input, self.draft_cache, draft_slots)[:, -1]        # (1, V)
-            q = sample_probs(draft_logits, *sampling)                               # q_i
-            x = sample(q, generator, greedy)                                        # x_i ~ q_i, (1,)
+            if greedy:
+                x = draft_logits.argmax(dim=-1)                                     # x_i, (1,)
+            else:
+                q = sample_probs(draft_logits, *sampling)                           # q_i
+                x = sample(q, generator)                                            # x_i ~ q_i, (1,)
+                draft_probs.append(q)
             draft_tokens.append(x)
-            draft_probs.append(q)
             draft_input, draft_slots = x[:, None], first + offsets[i: i + 1]
-        draft_tokens, draft_probs = torch.cat(draft_tokens), torch.cat(draft_probs)   # (gamma,), (gamma, V)
+        draft_tokens = torch.cat(draft_tokens)                                       # (gamma,)
 
         # 2. The target scores [newest token, x_1..x_gamma] in ONE pass: p_1..p_{gamma+1}.
         target_input = torch.cat([self.tokens.index_select(1, first - 1), draft_tokens[None]], dim=1)
-        target_logits = self.target(target_input, self.target_cache, first - 1 + offsets)[0]
-        target_probs = sample_probs(target_logits, *sampling)                         # (gamma + 1, V)
+        target_logits = self.target(target_input, self.target_cache, first - 1 + offsets)[0]   # (gamma + 1, V)
+        if greedy:
+            n_accepted, next_token = verify_greedy(draft_tokens, target_logits)
+        else:
+            target_probs = sample_probs(target_logits, *sampling)                     # (gamma + 1, V)
+            n_accepted, next_token = verify(draft_tokens, torch.cat(draft_probs), target_probs, generator)
 
         # 3. Keep x_1..x_n and the next token; the sequence grows by n + 1.
-        n_accepted, next_token = verify(draft_tokens, draft_probs, target_probs, generator, greedy)
         self.tokens.index_copy_(1, first + offsets[:gamma], draft_tokens[None])
         self.tokens.index_copy_(1, first + n_accepted.view(1), next_token.view(1, 1))
         self.length += n_accepted + 1
@@ -388,8 +419,7 @@ def speculative_generate(target: Llama, draft: Llama, prompt_ids, max_new_tokens
                          generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
     """Decode one prompt speculatively (eager; see SpeculativeDecoder for the reusable, graphed form)."""
     check_pair(target, draft, gamma)
-    context = min(target.config.max_seq_len, draft.config.max_seq_len)
-    n_slots = 2 + min(len(prompt_ids) + max_new_tokens + gamma, context)
+    n_slots = decoder_slots(target, draft, [prompt_ids], max_new_tokens, gamma)
     return SpeculativeDecoder(target, draft, n_slots).generate(
         prompt_ids, max_new_tokens, gamma, temperature, top_k, top_p, stop_ids, generator)
 
@@ -421,6 +451,46 @@ def block_stats(accepted_per_block: list[int], drafted_per_block: list[int], n_t
 
 
 # ----------------------------------------------------------------------------------------------
+# Timing: the untimed warm-up and the plain baseline (evaluate.py measures its grid with them)
+# ----------------------------------------------------------------------------------------------
+
+def decoder_slots(target: Llama, draft: Llama | None, prompts: list[list[int]], max_new_tokens: int,
+                  gamma: int = 0) -> int:
+    """Slots for decoders that serve every prompt: the longest prompt + new tokens (+ a block)."""
+    context = min(target.config.max_seq_len, draft.config.max_seq_len if draft else target.config.max_seq_len)
+    return 2 + min(max(map(len, prompts)) + max_new_tokens + gamma, context)
+
+
+def warm_up(generate, prompts: list[list[int]]) -> None:
+    """Untimed: generate(prompt) for every prompt (a few tokens each), so that the timed runs
+    after it pay no one-off costs: torch.compile compiles on first use (and again for input
+    shapes it has not seen), a CUDA graph is recorded on its step's first use, and on a GPU each
+    new prompt length can cost more set-up (cuDNN builds an attention plan per shape). None of
+    that belongs in tokens per second, hence every prompt, not just the first."""
+    for prompt in prompts:
+        generate(prompt)
+
+
+def plain_tokens_per_s(target: Llama, prompts: list[list[int]], max_new_tokens: int, temperature: float,
+                       top_k: int | None = None, top_p: float | None = None, stop_ids=(), seed: int = 0,
+                       graphs: bool = False, decoder: Decoder | None = None) -> float:
+    """The baseline: tokens/s of plain decoding of `prompts` (prompt i seeded seed + i), warmed
+    up first. `decoder`: a Decoder of `target` (batch 1) with slots for every prompt, to reuse
+    across calls (its recorded steps with it); by default a new one."""
+    plain = decoder or Decoder(target, 1, decoder_slots(target, None, prompts, max_new_tokens), graphs)
+    warm_up(lambda prompt: plain.generate([prompt], 2, temperature, top_k, top_p), prompts)
+    tokens = seconds = 0.0
+    for i, prompt in enumerate(prompts):
+        generator = torch.Generator(target.device).manual_seed(seed + i)
+        synchronize(target.device)
+        started = time.perf_counter()
+        tokens += len(plain.generate([prompt], max_new_tokens, temperature, top_k, top_p, stop_ids, generator)[0])
+        synchronize(target.device)
+        seconds += time.perf_counter() - started
+    return tokens / seconds
+
+
+# ----------------------------------------------------------------------------------------------
 # Command line: decode one prompt (evaluate.py measures over many)
 # ----------------------------------------------------------------------------------------------
 
@@ -448,6 +518,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--decode-path", default="eager", choices=fast_decode.DECODE_PATHS,
                         help="how decode steps run (fast_decode.py): 'eager' or 'few-row-matmuls' anywhere, "
                              "the others on a GPU")
+    parser.add_argument("--bench", action="store_true",
+                        help="time it: warm up first, then decode the prompt speculatively and plainly (same "
+                             "settings, seed and decode path) and print both tokens/s and the speed-up")
     args = parser.parse_args(argv)
 
     # Flags first: a typo should cost one sentence, not the minute it takes to load a 7B model.
@@ -466,17 +539,25 @@ def main(argv: list[str] | None = None) -> None:
     check_pair(target, draft, args.gamma)
     options = fast_decode.apply_decode_path([target, draft], args.decode_path)
     prompt = chat_prompt(tok, args.prompt, args.system) if args.chat else tok.encode(args.prompt, bos=True)
-    context = min(target.config.max_seq_len, draft.config.max_seq_len)
-    decoder = SpeculativeDecoder(target, draft, 2 + min(len(prompt) + args.max_new_tokens + args.gamma, context),
+    decoder = SpeculativeDecoder(target, draft, decoder_slots(target, draft, [prompt], args.max_new_tokens, args.gamma),
                                  **options)
+    sampling = (args.temperature, args.top_k, args.top_p)
+    if args.bench:   # untimed: compilation, graph recording and per-shape set-up happen here
+        warm_up(lambda p: decoder.generate(p, args.gamma + 1, args.gamma, *sampling), [prompt])
     generator = torch.Generator(args.device).manual_seed(args.seed)
-    tokens, stats = decoder.generate(prompt, args.max_new_tokens, args.gamma, args.temperature, args.top_k,
-                                     args.top_p, tok.stop_ids, generator, tok.pad_id)
+    tokens, stats = decoder.generate(prompt, args.max_new_tokens, args.gamma, *sampling, tok.stop_ids, generator,
+                                     tok.pad_id)
     print(tok.decode(tokens.tolist()))
-    print(f"\n{stats['new_tokens']} tokens in {stats['seconds']:.2f} s ({stats['new_tokens'] / stats['seconds']:.1f} "
-          f"tokens/s, first call: includes any compilation); block efficiency tau {stats['block_efficiency']:.2f}, "
-          f"acceptance rate alpha {stats['acceptance_rate']:.3f} over {stats['target_calls']} target calls; "
-          f"target {count_params(target):,} / draft {count_params(draft):,} parameters")
+    speculative_speed = stats["new_tokens"] / stats["seconds"]
+    print(f"\n{stats['new_tokens']} tokens in {stats['seconds']:.2f} s ({speculative_speed:.1f} tokens/s"
+          f"{'' if args.bench else ', first call: includes any compilation'}); block efficiency tau "
+          f"{stats['block_efficiency']:.2f}, acceptance rate alpha {stats['acceptance_rate']:.3f} over "
+          f"{stats['target_calls']} target calls; target {count_params(target):,} / draft {count_params(draft):,} parameters")
+    if args.bench:
+        plain_speed = plain_tokens_per_s(target, [prompt], args.max_new_tokens, *sampling, tok.stop_ids, args.seed,
+                                         **options)
+        print(f"plain decoding of the same prompt: {plain_speed:.1f} tokens/s; speculative / plain = wall-clock "
+              f"speed-up {speculative_speed / plain_speed:.2f}x (one prompt; evaluate.py --speedup measures many)")
 
 
 if __name__ == "__main__":

@@ -232,3 +232,61 @@ def test_evaluate_refuses_to_mix_rows_of_other_settings(paths, tmp_path, capsys)
     with pytest.raises(SystemExit) as exit_info:
         run_cli(evaluate.main, argv)
     assert_one_sentence(exit_info.value.code, capsys.readouterr().err, "is not a results file of evaluate.py")
+
+
+def test_speculative_bench_times_plain_decoding_of_the_same_prompt_and_settings(paths, capsys, monkeypatch):
+    # --bench: the speed-up it prints divides the speculative run's tokens/s by plain decoding's
+    # of the same prompt, sampling settings, seed and decode path (recorded here), after a warm-up.
+    timed, decoded = {}, []
+    plain_tokens_per_s, generate = speculative.plain_tokens_per_s, speculative.SpeculativeDecoder.generate
+
+    def recording_plain(target, prompts, max_new_tokens, *settings, **options):
+        timed.update(prompts=prompts, max_new_tokens=max_new_tokens, settings=settings, options=options)
+        timed["speed"] = plain_tokens_per_s(target, prompts, max_new_tokens, *settings, **options)
+        return timed["speed"]
+
+    def recording_generate(decoder, prompt, max_new_tokens, *args, **kwargs):
+        decoded.append((list(prompt), max_new_tokens))
+        return generate(decoder, prompt, max_new_tokens, *args, **kwargs)
+    monkeypatch.setattr(speculative, "plain_tokens_per_s", recording_plain)
+    monkeypatch.setattr(speculative.SpeculativeDecoder, "generate", recording_generate)
+    speculative.main(command("speculative", paths, "", {"--bench": True, "--temperature": "0.7", "--top-p": "0.9",
+                                                         "--seed": "3", "--max-new-tokens": "6"}))
+    out = capsys.readouterr().out
+    (warm_prompt, warm_tokens), (prompt, n_new) = decoded       # the untimed warm-up, then the timed run
+    assert warm_prompt == prompt and warm_tokens < n_new == 6
+    assert timed["prompts"] == [prompt] and timed["max_new_tokens"] == 6
+    temperature, top_k, top_p, _, seed = timed["settings"]
+    assert (temperature, top_k, top_p, seed) == (0.7, None, 0.9, 3) and timed["options"] == {"graphs": False}
+    speculative_speed = float(out.split(" tokens/s")[0].rsplit("(", 1)[1])
+    plain_line = out.strip().splitlines()[-1]
+    assert f"{timed['speed']:.1f} tokens/s" in plain_line
+    printed = float(plain_line.split("speed-up ")[1].split("x")[0])
+    assert printed == pytest.approx(speculative_speed / timed["speed"], abs=0.01 + 0.05 / timed["speed"])
+
+
+def test_evaluate_reuses_one_decoder_per_model_and_measures_as_fresh_ones_do(paths, tmp_path, monkeypatch):
+    # One plain decoder for every baseline and one speculative decoder per draft (so a GPU
+    # records each kind of step once, not once per row); their rows equal fresh decoders' rows.
+    from checkpoints import load_model
+    from data import load_jsonl_prompts
+    from tokenizer import chat_prompt, load_tokenizer
+    made = {"plain": 0, "speculative": 0}
+    for name, cls in (("plain", evaluate.Decoder), ("speculative", evaluate.SpeculativeDecoder)):
+        monkeypatch.setattr(evaluate, cls.__name__, lambda *a, _cls=cls, _name=name, **k:
+                            made.__setitem__(_name, made[_name] + 1) or _cls(*a, **k))
+    prompt_files = f"story={paths['prompts']},again={paths['prompts']}"
+    evaluate.main(command("evaluate", paths, str(tmp_path / "results"), {
+        "--drafts": f"a={paths['draft']},b={paths['target']}", "--prompts": prompt_files,
+        "--temperatures": "0,1", "--speedup": True}))
+    assert made == {"plain": 1, "speculative": 2}
+    rows = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert len(rows) == 2 * 2 * 2 * 2                                  # drafts x tasks x T x gamma
+    tok = load_tokenizer(paths["tok"])
+    target = load_model(paths["target"])
+    prompts = [chat_prompt(tok, r["prompt"], r.get("system")) for r in load_jsonl_prompts(paths["prompts"])[:2]]
+    for row in rows:
+        draft = load_model(paths["draft"] if row["draft"] == "a" else paths["target"])
+        fresh = evaluate.evaluate_pair(target, draft, prompts, row["gamma"], row["temperature"], 4,
+                                       stop_ids=tok.stop_ids, seed=0)
+        assert (row["block_efficiency"], row["acceptance_rate"]) == (fresh["block_efficiency"], fresh["acceptance_rate"])

@@ -31,9 +31,9 @@ import torch
 
 from fast_decode import apply_decode_path, shortlist_head
 from model import Llama, count_params, get_config
-from evaluate import evaluate_pair, mean_ci95, memory_bound_speedup, plain_tokens_per_s, predicted_block_efficiency
-from speculative import (block_stats, generate, generate_batch, sample, sample_probs, speculative_generate,
-                         verify)
+from evaluate import evaluate_pair, mean_ci95, memory_bound_speedup, predicted_block_efficiency
+from speculative import (block_stats, generate, generate_batch, plain_tokens_per_s, sample, sample_probs,
+                         sample_token, speculative_generate, verify, verify_greedy)
 
 SIGNIFICANCE = 0.001   # chi-square tests: a correct implementation fails 1 time in 1000 seeds
 
@@ -224,18 +224,24 @@ def test_rows_are_distributions(temperature, top_k, top_p):
 
 def test_greedy_decoding_draws_no_random_numbers_and_picks_the_same_tokens():
     # At temperature 0 the distributions are one-hot: the random race would pick the same token,
-    # so sample(greedy=True) takes the argmax and leaves the generator alone (a CPU spends most
-    # of a 49,152-token draw on the random numbers).
-    logits = torch.randn(3, 40, generator=torch.Generator().manual_seed(1))
-    one_hot = sample_probs(logits, temperature=0)
+    # so sample_token takes the argmax of the logits and leaves the generator alone (a CPU spends
+    # most of a 49,152-token draw on the random numbers), and so do both decoders.
+    logits = torch.randn(3, 40, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
     generator = torch.Generator().manual_seed(0)
     state = generator.get_state()
-    assert torch.equal(sample(one_hot, generator, greedy=True), sample(one_hot, torch.Generator().manual_seed(5)))
+    greedy = sample_token(logits, (0.0, None, None), generator)
+    assert torch.equal(greedy, sample(sample_probs(logits, 0), torch.Generator().manual_seed(5)))
+    assert torch.equal(greedy, logits.float().argmax(-1))
     assert torch.equal(generator.get_state(), state)
     model = random_model(0, vocab_size=32)
     tokens = generate(model, [5, 9, 2], 12, temperature=0, generator=generator)
     assert torch.equal(generator.get_state(), state)             # plain greedy decoding drew nothing
     assert torch.equal(tokens, generate(model, [5, 9, 2], 12, temperature=0))
+    draft = perturbed_copy(model, noise=0.3)
+    speculative_generate(model, draft, [5, 9, 2], 12, 3, temperature=0, generator=generator)
+    assert torch.equal(generator.get_state(), state)             # nor did greedy speculative decoding
+    assert sample_token(logits, (1.0, None, None), generator).shape == (3,)
+    assert not torch.equal(generator.get_state(), state)         # at T > 0 it samples
 
 
 def test_sample_keeps_shape_and_never_draws_a_zero_probability_token():
@@ -280,12 +286,31 @@ def test_verify_greedy_accepts_the_matching_prefix():
         return torch.nn.functional.one_hot(torch.tensor(tokens), 5).float()
 
     draft_tokens = torch.tensor([2, 4, 1])
-    target_probs = one_hot([2, 4, 3, 0])                   # agrees on 2 tokens, then wants 3
-    assert as_ints(verify(draft_tokens, one_hot([2, 4, 1]), target_probs)) == (2, 3)
-    target_probs = one_hot([2, 4, 1, 0])                   # agrees on all: bonus = argmax p_4
-    assert as_ints(verify(draft_tokens, one_hot([2, 4, 1]), target_probs)) == (3, 0)
-    target_probs = one_hot([4, 4, 1, 0])                   # first token wrong: nothing accepted
-    assert as_ints(verify(draft_tokens, one_hot([2, 4, 1]), target_probs)) == (0, 4)
+    for target_tokens, expected in (([2, 4, 3, 0], (2, 3)),    # agrees on 2 tokens, then wants 3
+                                    ([2, 4, 1, 0], (3, 0)),    # agrees on all: bonus = argmax p_4
+                                    ([4, 4, 1, 0], (0, 4))):   # first token wrong: nothing accepted
+        assert as_ints(verify(draft_tokens, one_hot([2, 4, 1]), one_hot(target_tokens))) == expected
+        noise = torch.randn(4, 5, generator=torch.Generator().manual_seed(0))
+        target_logits = 5 * one_hot(target_tokens) + 0.1 * noise                 # argmax: target_tokens
+        assert as_ints(verify_greedy(draft_tokens, target_logits)) == expected
+
+
+def test_verify_greedy_is_verify_on_the_one_hot_distributions():
+    # The decoders' shortcut at T=0 against the general rule fed sample_probs(., 0), on random
+    # blocks (draft tokens drawn near the target's argmaxes, so that every prefix length occurs).
+    generator = torch.Generator().manual_seed(0)
+    lengths = set()
+    for _ in range(200):
+        gamma = int(torch.randint(1, 6, (1,), generator=generator))
+        target_logits = torch.randn(gamma + 1, 7, generator=generator)
+        draft_tokens = target_logits[:gamma].argmax(-1)
+        wrong = torch.rand(gamma, generator=generator) < 0.3
+        draft_tokens = torch.where(wrong, torch.randint(0, 7, (gamma,), generator=generator), draft_tokens)
+        draft_probs = torch.nn.functional.one_hot(draft_tokens, 7).float()
+        expected = as_ints(verify(draft_tokens, draft_probs, sample_probs(target_logits, 0), generator))
+        assert as_ints(verify_greedy(draft_tokens, target_logits)) == expected
+        lengths.add((expected[0], gamma))
+    assert {n for n, _ in lengths} == set(range(6)) and any(n < g for n, g in lengths)
 
 
 def test_verify_accepts_exactly_while_u_q_below_p():
@@ -646,7 +671,7 @@ def test_evaluate_pair_pools_runs_seeded_per_prompt():
 def test_every_prompt_is_warmed_up_before_the_clock_starts():
     # Each prompt's prefill (all its tokens but the last, through the target) runs twice: once
     # in the untimed warm-up, once timed. Warming up on the first prompt only would prefill the
-    # others once. (On a GPU each new prompt length can cost one-off set-up; evaluate.warm_up.)
+    # others once. (On a GPU each new prompt length can cost one-off set-up; speculative.warm_up.)
     target = random_model(0, vocab_size=32)
     draft = perturbed_copy(target, noise=0.3)
     # Prefills of 2, 4 and 7 tokens: none of the lengths of a step (1) or a gamma-2 verify (3).
@@ -662,13 +687,13 @@ def test_every_prompt_is_warmed_up_before_the_clock_starts():
 
 
 def test_timed_runs_after_the_warm_up_compile_nothing():
-    """evaluate.warm_up runs every prompt before the clock starts, so no compilation lands in a
+    """speculative.warm_up runs every prompt before the clock starts, so no compilation lands in a
     timed run (without it, the timed runs compile, which this checks too). The "eager" backend
     traces as the real one does. On a GPU other one-off costs come with each new prompt length
     (cuDNN's attention plans, for one), which is why every prompt is warmed up, not just one."""
     import torch._dynamo
     from torch._dynamo.utils import counters
-    from evaluate import warm_up
+    from speculative import warm_up
     from fast_decode import compile_blocks
     from speculative import Decoder, SpeculativeDecoder
     target, draft = random_model(0, vocab_size=32), random_model(1, vocab_size=32, n_layers=1)

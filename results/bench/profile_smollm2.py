@@ -10,7 +10,8 @@
 
 Options (added in the fifth session; the defaults are the run above): --draft cut:N for a draft of
 SmolLM2's own shape with N blocks (train.py --init-layers N), --shortlist K to give the draft a
-fast_decode.ShortlistHead over K tokens, --block-only to skip (b).
+fast_decode.ShortlistHead over K tokens, --block-only to skip (b). Since 2026-12-03 (a) also
+records the whole block and the plain decoder's step at T=0, where both take argmaxes.
 """
 
 import argparse
@@ -24,7 +25,7 @@ import fast_decode
 from bench import cuda_time
 from losses import get_loss
 from model import Llama, get_config
-from speculative import SpeculativeDecoder, sample, sample_probs, verify
+from speculative import Decoder, SpeculativeDecoder, sample, sample_probs, verify
 from train import make_optimizer, objective
 
 GAMMA, CONTEXT = 4, 256
@@ -99,10 +100,19 @@ def block_pieces(draft_name: str = "smollm2-draft-4l", shortlist: int | None = N
     speculative = SpeculativeDecoder(target, draft, slots, graphs=True)
     speculative.tokens[0, :CONTEXT] = fill[0]
     speculative.length.fill_(CONTEXT)
-    sampling = (1.0, None, None)
-    block = lambda: (speculative.length.fill_(CONTEXT), speculative.block(GAMMA, sampling, generator))  # noqa: E731
-    whole = gpu_ms(block)
-    print(f"| one whole block (gamma {GAMMA}) | {kernels_per_call(block)} | {whole:.3f} |")
+    plain = Decoder(target, 1, slots, graphs=True)
+    plain.tokens[0, :CONTEXT] = fill[0]
+    wholes = {}
+    for temperature in (0.0, 1.0):    # at T=0 the decoders take argmaxes (speculative.verify_greedy)
+        sampling = (temperature, None, None)
+        block = lambda: (speculative.length.fill_(CONTEXT), speculative.block(GAMMA, sampling, generator))  # noqa: E731
+        step = lambda: (plain.length.fill_(CONTEXT), plain.step(sampling, generator))  # noqa: E731
+        wholes[temperature] = gpu_ms(block), gpu_ms(step)
+        print(f"| one whole block (gamma {GAMMA}), T={temperature:g} | {kernels_per_call(block)} | "
+              f"{wholes[temperature][0]:.3f} |")
+        print(f"| one plain decoding step (Decoder.step), T={temperature:g} | {kernels_per_call(step)} | "
+              f"{wholes[temperature][1]:.3f} |")
+    whole = wholes[1.0][0]
     parts = (ms["draft first step (2 tokens)"] + (GAMMA - 1) * ms["draft step (1 token)"]
              + GAMMA * ms["sampling one token, T=1 (softmax + draw)"] + ms["target verify (5 tokens)"]
              + ms["target probabilities, 5 rows, T=1"] + ms["acceptance test + residual draw"])
@@ -110,6 +120,9 @@ def block_pieces(draft_name: str = "smollm2-draft-4l", shortlist: int | None = N
     print(f"sum of the block's pieces {parts:.3f} ms; plain token (step + sampling) {plain:.3f} ms; "
           f"block / plain token {whole / plain:.2f}: the block efficiency tau at which speculative decoding "
           f"breaks even; 2x needs tau {2 * whole / plain:.2f}")
+    for temperature, (block_ms, step_ms) in wholes.items():
+        print(f"T={temperature:g}, as the decoders record them: block / plain step {block_ms / step_ms:.2f}; "
+              f"2x needs tau {2 * block_ms / step_ms:.2f}")
     layers = target.config.n_layers
     print(f"target: {layers} layers, {ms['target step (1 token)'] / layers * 1e3:.1f} us per layer per step; "
           f"verify / step = {ms['target verify (5 tokens)'] / ms['target step (1 token)']:.2f}")
