@@ -8,7 +8,9 @@ recipe.
                   plain decoding of the same prompts with the same settings and decode path),
                   the wall-clock speed-up.
   main            the grid: every draft (pretrained only, one per distillation loss) x every
-                  held-out task x gamma x temperature -> results.json, results.md, results.png.
+                  held-out task x gamma x temperature -> results.json, results.md, results.png;
+                  results.md also says, per draft, in how many cells its tau's 95% interval
+                  clears the pretrained draft's (ci_gaps).
 
     python evaluate.py --target runs/cpu/target/model --tokenizer runs/cpu/tokenizer.model \
         --drafts pretrained=runs/cpu/draft-pretrained/model,kld=runs/cpu/draft-kld/model \
@@ -141,6 +143,32 @@ def summary_table(results: list[dict], gamma: int | None = None) -> str:
     return "\n".join(lines)
 
 
+def ci_gaps(results: list[dict], reference: str = "pretrained") -> list[tuple[float, float, dict]]:
+    """For every row of another draft in a (task, T, gamma) cell where the reference draft was
+    measured: (its tau's lower 95% bound minus the reference's upper bound, its tau minus the
+    reference's, the row). A positive first value is "distillation raised tau" said with
+    confidence: the two intervals do not overlap."""
+    key = lambda r: (r["task"], r["temperature"], r["gamma"])       # noqa: E731
+    ref = {key(r): r for r in results if r["draft"] == reference}
+    return [((r["block_efficiency"] - r["ci95"]) - (ref[key(r)]["block_efficiency"] + ref[key(r)]["ci95"]),
+             r["block_efficiency"] - ref[key(r)]["block_efficiency"], r)
+            for r in results if r["draft"] != reference and key(r) in ref]
+
+
+def separation_lines(results: list[dict], reference: str = "pretrained") -> str:
+    """A line per draft: in how many cells its tau is above the reference draft's, in how many
+    with the 95% intervals apart, and the cell where its lower bound comes closest."""
+    gaps = ci_gaps(results, reference)
+    lines = []
+    for draft in dict.fromkeys(row["draft"] for _, _, row in gaps):
+        mine = [g for g in gaps if g[2]["draft"] == draft]
+        closest, _, row = min(mine, key=lambda g: g[0])
+        lines.append(f"- {draft}: tau above {reference} in {sum(g[1] > 0 for g in mine)} of {len(mine)} cells, "
+                     f"the 95% CIs apart in {sum(g[0] > 0 for g in mine)}; closest: {row['task']} "
+                     f"T={row['temperature']:g} gamma {row['gamma']}, lower bound {closest:+.3f} from {reference}'s upper")
+    return "\n".join(lines)
+
+
 def plot(results: list[dict], path: str) -> None:
     """tau (and the wall-clock speed-up, if measured) vs gamma: a panel per (T, task), a line per draft."""
     import matplotlib
@@ -196,11 +224,15 @@ def load_rows(path: str, settings: dict) -> list[dict]:
 # ----------------------------------------------------------------------------------------------
 
 def write_tables(report: dict, out: str, gammas: list[int]) -> None:
-    """results.md (the headline tables, then every row) and results.png beside results.json."""
+    """results.md (the headline tables, each draft against the pretrained one, then every row)
+    and results.png beside results.json."""
     rows = report["results"]
     table = summary_table(rows, 4 if 4 in gammas else gammas[len(gammas) // 2])
     if any("speedup" in r for r in rows):
         table += "\n\n" + summary_table(rows)
+    separation = separation_lines(rows)
+    if separation:
+        table += "\n\n" + separation
     table += "\n\n" + markdown_table(rows)
     base = os.path.splitext(out)[0]
     write_atomically(base + ".md", table + "\n")

@@ -143,3 +143,15 @@ def test_distilled_draft_beats_the_pretrained_draft(run):
         gain = tau("kld", temperature) - tau("pretrained", temperature)
         assert gain > min_gain, (f"T={temperature}: distillation raised tau by {gain:+.2f} "
                                  f"(pretrained {tau('pretrained', temperature):.2f}), expected > {min_gain}")
+
+
+def test_results_md_says_how_far_each_draft_is_from_the_pretrained_one(run):
+    # results.md carries, per distilled draft, how many of its cells clear the pretrained draft's
+    # 95% interval, counted from the rows in results.json.
+    text = (run["root"] / "results.md").read_text()
+    gaps = evaluate.ci_gaps(run["rows"])
+    apart = sum(lower > 0 for lower, _, _ in gaps)
+    assert len(gaps) == len(data.TASKS) * len(MIN_GAIN)                 # one per (task, T) at one gamma
+    assert f"- kld: tau above pretrained in {sum(above > 0 for _, above, _ in gaps)} of {len(gaps)} cells, " \
+           f"the 95% CIs apart in {apart}; closest: " in text, text
+    assert "- pretrained:" not in text

@@ -31,7 +31,8 @@ import torch
 
 from fast_decode import apply_decode_path, shortlist_head
 from model import Llama, count_params, get_config
-from evaluate import evaluate_pair, mean_ci95, memory_bound_speedup, predicted_block_efficiency
+from evaluate import (ci_gaps, evaluate_pair, mean_ci95, memory_bound_speedup, predicted_block_efficiency,
+                      separation_lines)
 from speculative import (block_stats, generate, generate_batch, plain_tokens_per_s, sample, sample_probs,
                          sample_token, speculative_generate, verify, verify_greedy)
 
@@ -666,6 +667,18 @@ def test_evaluate_pair_pools_runs_seeded_per_prompt():
     assert result["mbsu"] == pytest.approx(memory_bound_speedup(count_params(target), count_params(draft),
                                                                 result["block_efficiency"], gamma))
     assert result["speedup"] == pytest.approx(result["tokens_per_s"] / baseline)
+
+
+def test_ci_gaps_compare_each_draft_with_the_pretrained_one_cell_by_cell():
+    def row(draft, gamma, tau, ci):
+        return {"draft": draft, "task": "story", "temperature": 0.0, "gamma": gamma, "block_efficiency": tau, "ci95": ci}
+    rows = [row("pretrained", 2, 1.2, 0.1), row("kld", 2, 1.5, 0.1),      # 1.4 vs 1.3: apart
+            row("pretrained", 4, 1.3, 0.1), row("kld", 4, 1.35, 0.1),     # above, but 1.25 vs 1.4
+            row("kld", 6, 9.0, 0.1)]                                       # no pretrained row: no cell
+    assert [(round(lower, 6), round(above, 6)) for lower, above, _ in ci_gaps(rows)] == [(0.1, 0.3), (-0.15, 0.05)]
+    assert separation_lines(rows) == ("- kld: tau above pretrained in 2 of 2 cells, the 95% CIs apart in 1; "
+                                      "closest: story T=0 gamma 4, lower bound -0.150 from pretrained's upper")
+    assert separation_lines(rows[1::2]) == ""                              # nothing to compare with
 
 
 def test_every_prompt_is_warmed_up_before_the_clock_starts():
