@@ -51,8 +51,16 @@ python train.py --mode distill --loss kld --init $R/draft-kld/model --teacher $G
   --eval-interval 1000 --ckpt-interval 1000 --log-interval 1 --device cpu >> $D/cpu_training_steps.txt 2>&1
 rm -rf /tmp/cpu-pretrain /tmp/cpu-distill
 
-# 7. Phase 2 on this CPU, to extrapolate the same: SmolLM2 answers the first 32 seed prompts under
-#    2 settings each (64 answers, batch 64, at most 160 new tokens, float32). Run after the others.
+# 7. Phase 2 on this CPU, to extrapolate the same. (a) SmolLM2 answers the first 32 seed prompts
+#    under 2 settings each: 64 answers over 14 settings, so batches of a few rows (a batch holds
+#    one setting). (b) Full batches of 64: the first 64 prompts at T=0.7 with top-p 0.95 (the
+#    costliest setting: top-p sorts the vocabulary), then greedily. At most 160 new tokens, float32.
 head -n 32 $R/world/seed_prompts.jsonl > /tmp/seed32.jsonl && rm -f /tmp/cpu_answers.jsonl
 { time python distill_data.py --target $G --prompts /tmp/seed32.jsonl --out /tmp/cpu_answers.jsonl \
   --max-new-tokens 160 --batch-size 64 --settings-per-prompt 2 --seed 0 --device cpu; } > $D/cpu_answers.log 2>&1
+head -n 64 $R/world/seed_prompts.jsonl > /tmp/seed64.jsonl && rm -f /tmp/ans_a.jsonl /tmp/ans_b.jsonl
+{ time python distill_data.py --target $G --prompts /tmp/seed64.jsonl --out /tmp/ans_a.jsonl --temperatures 0.7 \
+  --top-ps 0.95 --systems without --max-new-tokens 160 --batch-size 64 --seed 0 --device cpu; } \
+  > $D/cpu_answers_batch64_T0.7_topp0.95.log 2>&1
+{ time python distill_data.py --target $G --prompts /tmp/seed64.jsonl --out /tmp/ans_b.jsonl --temperatures 0 \
+  --top-ps 1 --systems without --max-new-tokens 160 --batch-size 64 --seed 0 --device cpu; } > $D/cpu_answers_batch64_T0.log 2>&1
