@@ -40,7 +40,7 @@ from checkpoints import export_hf, load_model
 from data import load_jsonl_prompts
 from evaluate import memory_bound_speedup
 from model import Llama, count_params, get_config
-from speculative import Decoder, SpeculativeDecoder, synchronize, warm_up
+from speculative import Decoder, SpeculativeDecoder, decoder_slots, synchronize, warm_up
 from tokenizer import chat_prompt, load_tokenizer
 
 
@@ -272,9 +272,8 @@ def section_pair(args) -> dict:
         target = load_model(args.target, device, dtype)
         draft = load_model(args.draft, device, dtype)
         options = fast_decode.apply_decode_path([target, draft], path)
-        longest = max(map(len, prompts))
-        speculative = SpeculativeDecoder(target, draft, longest + n_new + args.gamma + 2, **options)
-        plain = Decoder(target, 1, longest + n_new, **options)
+        speculative = SpeculativeDecoder(target, draft, decoder_slots(target, draft, prompts, n_new, args.gamma), **options)
+        plain = Decoder(target, 1, decoder_slots(target, None, prompts, n_new), **options)
         for temperature in (0.0, 1.0):
             warm_up(lambda prompt: speculative.generate(prompt, args.gamma + 1, args.gamma, temperature), prompts)
             warm_up(lambda prompt: plain.generate([prompt], 2, temperature), prompts)
@@ -336,11 +335,12 @@ def hf_assisted(args, prompts, n_new, ours: dict, device: torch.device, dtype: t
 
 
 def main():
-    p = argparse.ArgumentParser(description="GPU benchmarks (see the module docstring).")
+    p = argparse.ArgumentParser(description="Decode benchmarks, on a GPU (pair also on a CPU; see the module docstring).")
     p.add_argument("--section", choices=["shapes", "loop", "pair"], required=True)
     p.add_argument("--presets", default="llama2-7b,drafter-115m", help="shapes: model presets")
-    p.add_argument("--paths", default=",".join(("eager", *fast_decode.GPU_PATHS, "compile(reduce-overhead)")),
-                   help="shapes / pair: decode paths to compare")
+    p.add_argument("--paths", default=None,
+                   help="shapes / pair: decode paths to compare (default: shapes every GPU path and "
+                        "compile(reduce-overhead); pair the decode paths of its device)")
     p.add_argument("--reduce-overhead-presets", default="drafter-115m",
                    help="shapes: the presets measured on compile(reduce-overhead), which compiles the whole "
                         "forward at once (slow for deep models; our compile paths compile one block)")
@@ -358,7 +358,17 @@ def main():
                    help="pair: where to run it (bf16 on a GPU, float32 on a CPU; the other sections need a GPU)")
     p.add_argument("--out", default=None, help="write the numbers as JSON here")
     args = p.parse_args()
-    if args.section == "pair" and args.device == "cpu":
+    on_cpu = torch.device(args.device).type == "cpu"
+    if args.section == "pair":   # check the paths before a model is loaded
+        runnable = ("eager", "few-row-matmuls") if on_cpu else fast_decode.DECODE_PATHS
+        args.paths = args.paths or ",".join(runnable if on_cpu else ("eager", *fast_decode.GPU_PATHS))
+        for path in args.paths.split(","):
+            if path not in runnable:
+                raise SystemExit(f"--section pair cannot run decode path {path!r} on {args.device}; "
+                                 f"choose from {', '.join(runnable)}")
+    else:
+        args.paths = args.paths or ",".join(("eager", *fast_decode.GPU_PATHS, "compile(reduce-overhead)"))
+    if args.section == "pair" and on_cpu:
         print(f"CPU, {torch.get_num_threads()} threads | torch {torch.__version__}")
     elif not torch.cuda.is_available():
         raise SystemExit("bench.py measures GPU performance (--section pair also runs with --device cpu): "

@@ -56,7 +56,7 @@ def sample_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | No
     """
     if temperature == 0:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
-    if temperature != 1:                       # at T = 1 neither the copy nor the division is needed
+    if temperature != 1:                       # at T = 1 the division is skipped (softmax converts itself)
         logits = logits.float() / temperature  # divided in float32: bf16 would round logits / T
     if top_k is not None and top_k < logits.shape[-1]:
         kth_largest = torch.topk(logits, top_k, dim=-1).values[..., -1:]      # (..., 1)
@@ -114,6 +114,13 @@ def check_pair(target: Llama, draft: Llama, gamma: int) -> None:
                          f"({target.config.vocab_size}); the draft must use the target's tokenizer")
     if gamma < 1:
         raise ValueError(f"gamma (draft tokens per block) must be >= 1, got {gamma}")
+
+
+def decoder_slots(target: Llama, draft: Llama | None, prompts: list[list[int]], max_new_tokens: int,
+                  gamma: int = 0) -> int:
+    """Slots for decoders that serve every prompt: the longest prompt + new tokens (+ a block)."""
+    context = min(target.config.max_seq_len, draft.config.max_seq_len if draft else target.config.max_seq_len)
+    return 2 + min(max(map(len, prompts)) + max_new_tokens + gamma, context)
 
 
 def synchronize(device: torch.device) -> None:
@@ -380,7 +387,7 @@ class SpeculativeDecoder:
         # Blocks may draft past max_new_tokens (the extra tokens are dropped), never past either
         # model's context: near its end a block drafts fewer than gamma tokens.
         context = min(self.target.config.max_seq_len, self.draft.config.max_seq_len)
-        if 2 + min(P + max_new_tokens + gamma, context) > self.tokens.shape[1]:
+        if decoder_slots(self.target, self.draft, [prompt], max_new_tokens, gamma) > self.tokens.shape[1]:
             raise ValueError(f"a prompt of {P} tokens, {max_new_tokens} new ones and gamma {gamma} do not fit "
                              f"the decoder's {self.tokens.shape[1]} slots")
         device = self.target.device
@@ -453,13 +460,6 @@ def block_stats(accepted_per_block: list[int], drafted_per_block: list[int], n_t
 # ----------------------------------------------------------------------------------------------
 # Timing: the untimed warm-up and the plain baseline (evaluate.py measures its grid with them)
 # ----------------------------------------------------------------------------------------------
-
-def decoder_slots(target: Llama, draft: Llama | None, prompts: list[list[int]], max_new_tokens: int,
-                  gamma: int = 0) -> int:
-    """Slots for decoders that serve every prompt: the longest prompt + new tokens (+ a block)."""
-    context = min(target.config.max_seq_len, draft.config.max_seq_len if draft else target.config.max_seq_len)
-    return 2 + min(max(map(len, prompts)) + max_new_tokens + gamma, context)
-
 
 def warm_up(generate, prompts: list[list[int]]) -> None:
     """Untimed: generate(prompt) for every prompt (a few tokens each), so that the timed runs

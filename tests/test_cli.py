@@ -268,25 +268,37 @@ def test_speculative_bench_times_plain_decoding_of_the_same_prompt_and_settings(
 def test_evaluate_reuses_one_decoder_per_model_and_measures_as_fresh_ones_do(paths, tmp_path, monkeypatch):
     # One plain decoder for every baseline and one speculative decoder per draft (so a GPU
     # records each kind of step once, not once per row); their rows equal fresh decoders' rows.
+    # Sharp models that half agree (so accepted counts depend on every cached token) and two
+    # tasks of different prompt lengths (so a decoder sized for one task only would fail).
     from checkpoints import load_model
     from data import load_jsonl_prompts
+    from test_speculative import perturbed_copy, random_model
     from tokenizer import chat_prompt, load_tokenizer
+    target = random_model(0, vocab_size=320, max_seq_len=128)
+    for name, model in (("target", target), ("a", perturbed_copy(target, 0.3)), ("b", perturbed_copy(target, 0.6, seed=2))):
+        save_model(model, str(tmp_path / name))
+    long_prompts = tmp_path / "long.jsonl"
+    long_prompts.write_text("".join(json.dumps({"prompt": f"Tell me a long story about Mira and the lantern, part {i}, "
+                                                          "with the river, the hills and the old mill."}) + "\n"
+                                    for i in range(2)))
     made = {"plain": 0, "speculative": 0}
-    for name, cls in (("plain", evaluate.Decoder), ("speculative", evaluate.SpeculativeDecoder)):
-        monkeypatch.setattr(evaluate, cls.__name__, lambda *a, _cls=cls, _name=name, **k:
-                            made.__setitem__(_name, made[_name] + 1) or _cls(*a, **k))
-    prompt_files = f"story={paths['prompts']},again={paths['prompts']}"
+    for module in (evaluate, speculative):                # plain_tokens_per_s would make its own in speculative
+        for name, cls in (("plain", speculative.Decoder), ("speculative", speculative.SpeculativeDecoder)):
+            monkeypatch.setattr(module, cls.__name__, lambda *a, _cls=cls, _name=name, **k:
+                                made.__setitem__(_name, made[_name] + 1) or _cls(*a, **k))
     evaluate.main(command("evaluate", paths, str(tmp_path / "results"), {
-        "--drafts": f"a={paths['draft']},b={paths['target']}", "--prompts": prompt_files,
-        "--temperatures": "0,1", "--speedup": True}))
+        "--target": str(tmp_path / "target"), "--drafts": f"a={tmp_path / 'a'},b={tmp_path / 'b'}",
+        "--prompts": f"short={paths['prompts']},long={long_prompts}", "--temperatures": "0,1", "--speedup": True}))
     assert made == {"plain": 1, "speculative": 2}
     rows = json.loads((tmp_path / "results.json").read_text())["results"]
     assert len(rows) == 2 * 2 * 2 * 2                                  # drafts x tasks x T x gamma
+    assert any(0 < row["acceptance_rate"] < 1 for row in rows)          # the rows tell decoders apart
     tok = load_tokenizer(paths["tok"])
-    target = load_model(paths["target"])
-    prompts = [chat_prompt(tok, r["prompt"], r.get("system")) for r in load_jsonl_prompts(paths["prompts"])[:2]]
+    task_prompts = {task: [chat_prompt(tok, r["prompt"], r.get("system")) for r in load_jsonl_prompts(file)[:2]]
+                    for task, file in (("short", paths["prompts"]), ("long", str(long_prompts)))}
+    assert len(set(map(len, task_prompts["long"] + task_prompts["short"]))) > 1
     for row in rows:
-        draft = load_model(paths["draft"] if row["draft"] == "a" else paths["target"])
-        fresh = evaluate.evaluate_pair(target, draft, prompts, row["gamma"], row["temperature"], 4,
+        fresh = evaluate.evaluate_pair(load_model(str(tmp_path / "target")), load_model(str(tmp_path / row["draft"])),
+                                       task_prompts[row["task"]], row["gamma"], row["temperature"], 4,
                                        stop_ids=tok.stop_ids, seed=0)
         assert (row["block_efficiency"], row["acceptance_rate"]) == (fresh["block_efficiency"], fresh["acceptance_rate"])

@@ -567,6 +567,10 @@ def test_a_draft_over_a_shortlist_still_samples_the_target_joint(path):
     p_target = chi_square_p_value(counts, target_joint)
     assert p_target > SIGNIFICANCE, f"speculative samples do not follow the target: p={p_target:.2g}"
     assert chi_square_p_value(counts, draft_joint) < SIGNIFICANCE, "no power: the draft's joint was not rejected"
+    # At T=0 (argmaxes, verify_greedy) the output is the target's greedy decoding, shortlist or not.
+    greedy, _ = speculative_generate(target, draft, prompt, 12, gamma, temperature=0)
+    assert torch.equal(greedy, generate(target, prompt, 12, temperature=0))
+    assert any(int(t) in outside_ids for t in greedy)      # and it writes tokens the draft cannot
 
 
 # ----------------------------------------------------------------------------------------------
@@ -679,6 +683,8 @@ def test_ci_gaps_compare_each_draft_with_the_pretrained_one_cell_by_cell():
     assert separation_lines(rows) == ("- kld: tau above pretrained in 2 of 2 cells, the 95% CIs apart in 1; "
                                       "closest: story T=0 gamma 4, lower bound -0.150 from pretrained's upper")
     assert separation_lines(rows[1::2]) == ""                              # nothing to compare with
+    one_prompt = [{**r, "ci95": float("nan")} for r in rows]              # mean_ci95 of one value
+    assert separation_lines(one_prompt) == "- kld: tau above pretrained in 2 of 2 cells (one prompt per task: no 95% intervals)"
 
 
 def test_every_prompt_is_warmed_up_before_the_clock_starts():

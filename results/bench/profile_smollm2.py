@@ -100,13 +100,13 @@ def block_pieces(draft_name: str = "smollm2-draft-4l", shortlist: int | None = N
     speculative = SpeculativeDecoder(target, draft, slots, graphs=True)
     speculative.tokens[0, :CONTEXT] = fill[0]
     speculative.length.fill_(CONTEXT)
-    plain = Decoder(target, 1, slots, graphs=True)
-    plain.tokens[0, :CONTEXT] = fill[0]
+    plain_decoder = Decoder(target, 1, slots, graphs=True)
+    plain_decoder.tokens[0, :CONTEXT] = fill[0]
     wholes = {}
     for temperature in (0.0, 1.0):    # at T=0 the decoders take argmaxes (speculative.verify_greedy)
         sampling = (temperature, None, None)
         block = lambda: (speculative.length.fill_(CONTEXT), speculative.block(GAMMA, sampling, generator))  # noqa: E731
-        step = lambda: (plain.length.fill_(CONTEXT), plain.step(sampling, generator))  # noqa: E731
+        step = lambda: (plain_decoder.length.fill_(CONTEXT), plain_decoder.step(sampling, generator))  # noqa: E731
         wholes[temperature] = gpu_ms(block), gpu_ms(step)
         print(f"| one whole block (gamma {GAMMA}), T={temperature:g} | {kernels_per_call(block)} | "
               f"{wholes[temperature][0]:.3f} |")

@@ -1,7 +1,7 @@
 """The CPU anchor a user would pick instead: llama.cpp's own plain decoding of the same GGUF (its
 quantized Q4_1/Q8_0 kernels), greedy, on the same held-out prompts as evaluate.py, counted the way
-evaluate.plain_tokens_per_s counts (new tokens / wall time, prefill included, at most 64 new
-tokens, stopping at the end of the answer), one warm-up first. Run it where llama-cpp-python is
+speculative.plain_tokens_per_s (evaluate.py until 2026-12-03) counts (new tokens / wall time,
+prefill included, at most 64 new tokens, stopping at the end of the answer), one warm-up first. Run it where llama-cpp-python is
 installed, in a process that does not import torch:
 
     python results/smollm2-cpu-2026-12-02/llamacpp_plain.py models/SmolLM2-135M-Instruct.Q4_1.gguf runs/smollm2-gpu/world
