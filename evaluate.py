@@ -325,8 +325,8 @@ def main(argv=None):
     # One plain decoder for every baseline and one speculative decoder per draft for all its rows,
     # each with slots for the longest prompt of any task: a decoder records a CUDA graph once
     # per kind of step (sampling settings, gamma), not once per row. Attention runs over all of
-    # a decoder's slots, so a task of short prompts pays for the longest task's slots -- on both
-    # sides of its speed-up alike (until 2026-12-03 each row had decoders of its own task's size).
+    # a decoder's slots, so a task of short prompts pays for the longest task's slots, on both
+    # sides of its speed-up alike.
     every_prompt = [prompt for task_prompts in prompts.values() for prompt in task_prompts]
     plain = (Decoder(target, 1, decoder_slots(target, None, every_prompt, args.max_new_tokens), **options)
              if args.speedup else None)
