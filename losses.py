@@ -81,6 +81,8 @@ w.r.t. the draft logits z, using  grad_z log q(x) = e_x - q  (one-hot of x minus
 Practicalities
 - Interface: fn(draft_logits (B,T,V), target_logits (B,T,V), tokens (B,T), mask (B,T) bool,
   generator=None, *, max_chunk_elems) -> scalar float32, the average over masked positions.
+  mask=None trains every position: train.py passes the logits of the masked positions alone,
+  (1, N, V), which its models computed only there (model.Llama.forward's `keep`).
   logits[:, t] is the distribution over tokens[:, t] (the caller shifts). target_logits never gets
   a gradient. `generator` (on the logits' device) is used only by tvdpp_onpolicy (None: torch's
   global RNG); the other losses accept and ignore it, so train.py can call them all alike.
@@ -90,12 +92,12 @@ Practicalities
   If the mask selects nothing the loss is a 0 that still depends on draft_logits (backward works).
 - Precision: selected rows are upcast to float32 (softmax's dtype= argument, .float()); autocast
   only lowers matmul-like ops, none of which appear here, so results are float32 under bf16 autocast.
-- Memory: boolean selection copies the masked rows once, in the input dtype. Then the rows are
-  processed in chunks of positions of at most max_chunk_elems elements, each creating a few
-  float32 (chunk, V) temporaries. Honest caveat: autograd keeps what each chunk saved for backward
-  (about one or two float32 (chunk, V) tensors) until backward runs, so the saved state still
-  totals roughly one or two float32 copies of the selected rows; chunking bounds the transient
-  peak, not that. Chunked and one-shot results are identical up to float rounding.
+- Memory: boolean selection copies the masked rows once, in the input dtype (mask=None copies
+  nothing). Then the rows are processed in chunks of positions of at most max_chunk_elems
+  elements, each creating a few float32 (chunk, V) temporaries. Honest caveat: autograd keeps
+  what each chunk saved for backward (about one or two float32 (chunk, V) tensors) until backward
+  runs, so the saved state still totals roughly one or two float32 copies of the selected rows;
+  chunking bounds the transient peak, not that. Chunked and one-shot results are identical up to float rounding.
 """
 
 import math
@@ -113,22 +115,27 @@ LK_ETA = 3.0          # lambda = exp(-eta * alpha) of lk_hybrid, PAPER.md 3.5 (t
 # ----------------------------------------------------------------------------- plumbing
 
 def _select_positions(draft_logits: torch.Tensor, target_logits: torch.Tensor,
-                      tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Check shapes; return the masked rows: draft (N, V), target (N, V) detached, tokens (N,)."""
+                      tokens: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """Check shapes; return the masked rows (every row if mask is None): draft (N, V), target
+    (N, V) detached, tokens (N,)."""
     if draft_logits.dim() != 3 or draft_logits.shape != target_logits.shape:
         raise ValueError(f"draft_logits and target_logits must both be (B, T, V); got "
                          f"{tuple(draft_logits.shape)} and {tuple(target_logits.shape)}")
     batch_time, vocab = draft_logits.shape[:2], draft_logits.shape[2]
-    if tokens.shape != batch_time or mask.shape != batch_time:
+    if tokens.shape != batch_time or (mask is not None and mask.shape != batch_time):
         raise ValueError(f"tokens and mask must be (B, T) = {tuple(batch_time)}; got "
-                         f"{tuple(tokens.shape)} and {tuple(mask.shape)}")
-    if mask.dtype != torch.bool:
+                         f"{tuple(tokens.shape)} and {None if mask is None else tuple(mask.shape)}")
+    if mask is None:                  # every position: views of the inputs, nothing copied
+        rows = draft_logits.flatten(0, 1), target_logits.detach().flatten(0, 1), tokens.flatten().long()
+    elif mask.dtype != torch.bool:
         raise ValueError(f"mask must be a bool tensor, got {mask.dtype}; pass mask.bool()")
-    token_rows = tokens[mask].long()  # (N,)  only masked tokens must be ids; padding may be -100
+    else:                             # only masked tokens must be ids; padding may be -100
+        rows = draft_logits[mask], target_logits.detach()[mask], tokens[mask].long()
+    token_rows = rows[2]              # (N,)
     if token_rows.numel() and (token_rows.min() < 0 or token_rows.max() >= vocab):
         raise ValueError(f"tokens at masked positions must lie in [0, {vocab}); got values in "
                          f"[{int(token_rows.min())}, {int(token_rows.max())}]")
-    return draft_logits[mask], target_logits.detach()[mask], token_rows
+    return rows
 
 
 def _chunks(n_positions: int, vocab: int, max_chunk_elems: int | None) -> list[slice]:
@@ -263,42 +270,42 @@ def _normalised_advantage_loss(draft_rows: torch.Tensor, target_rows: torch.Tens
 # ----------------------------------------------------------------------------- public losses
 
 def _divergence(rows_fn: Callable[..., torch.Tensor], draft_logits: torch.Tensor,
-                target_logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
+                target_logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None,
                 max_chunk_elems: int | None) -> torch.Tensor:
     draft_rows, target_rows, _ = _select_positions(draft_logits, target_logits, tokens, mask)
     return _mean_over_positions(rows_fn, draft_rows, target_rows, max_chunk_elems=max_chunk_elems)
 
 
 def kld(draft_logits: torch.Tensor, target_logits: torch.Tensor, tokens: torch.Tensor,
-        mask: torch.Tensor, generator: torch.Generator | None = None, *,
+        mask: torch.Tensor | None, generator: torch.Generator | None = None, *,
         max_chunk_elems: int | None = DEFAULT_MAX_CHUNK_ELEMS) -> torch.Tensor:
     """Forward KL(p || q), standard KD. Gradient on the draft logits: q - p."""
     return _divergence(_kld_rows, draft_logits, target_logits, tokens, mask, max_chunk_elems)
 
 
 def rkl(draft_logits: torch.Tensor, target_logits: torch.Tensor, tokens: torch.Tensor,
-        mask: torch.Tensor, generator: torch.Generator | None = None, *,
+        mask: torch.Tensor | None, generator: torch.Generator | None = None, *,
         max_chunk_elems: int | None = DEFAULT_MAX_CHUNK_ELEMS) -> torch.Tensor:
     """Reverse KL(q || p). Gradient: q * (log(q/p) - KL(q||p))."""
     return _divergence(_rkl_rows, draft_logits, target_logits, tokens, mask, max_chunk_elems)
 
 
 def jsd(draft_logits: torch.Tensor, target_logits: torch.Tensor, tokens: torch.Tensor,
-        mask: torch.Tensor, generator: torch.Generator | None = None, *,
+        mask: torch.Tensor | None, generator: torch.Generator | None = None, *,
         max_chunk_elems: int | None = DEFAULT_MAX_CHUNK_ELEMS) -> torch.Tensor:
     """Jensen-Shannon, m = (p+q)/2. Gradient: q * (log(q/m) - KL(q||m)) / 2."""
     return _divergence(_jsd_rows, draft_logits, target_logits, tokens, mask, max_chunk_elems)
 
 
 def tvd(draft_logits: torch.Tensor, target_logits: torch.Tensor, tokens: torch.Tensor,
-        mask: torch.Tensor, generator: torch.Generator | None = None, *,
+        mask: torch.Tensor | None, generator: torch.Generator | None = None, *,
         max_chunk_elems: int | None = DEFAULT_MAX_CHUNK_ELEMS) -> torch.Tensor:
     """TVD(p, q) = 1/2 sum |p - q| = the rejection probability. Gradient: -q * (r - E_q r)."""
     return _divergence(_tvd_rows, draft_logits, target_logits, tokens, mask, max_chunk_elems)
 
 
 def tvdpp_datatoken(draft_logits: torch.Tensor, target_logits: torch.Tensor, tokens: torch.Tensor,
-                    mask: torch.Tensor, generator: torch.Generator | None = None, *,
+                    mask: torch.Tensor | None, generator: torch.Generator | None = None, *,
                     max_chunk_elems: int | None = DEFAULT_MAX_CHUNK_ELEMS) -> torch.Tensor:
     """TVD++ with the data tokens as samples and a batch-normalised advantage (off-policy; stalls)."""
     draft_rows, target_rows, token_rows = _select_positions(draft_logits, target_logits, tokens, mask)
@@ -306,7 +313,7 @@ def tvdpp_datatoken(draft_logits: torch.Tensor, target_logits: torch.Tensor, tok
 
 
 def tvdpp_onpolicy(draft_logits: torch.Tensor, target_logits: torch.Tensor, tokens: torch.Tensor,
-                   mask: torch.Tensor, generator: torch.Generator | None = None, *,
+                   mask: torch.Tensor | None, generator: torch.Generator | None = None, *,
                    max_chunk_elems: int | None = DEFAULT_MAX_CHUNK_ELEMS) -> torch.Tensor:
     """TVD++ with y_t ~ q_t sampled from the draft (tokens are only validated). E[grad] ~ grad TVD."""
     draft_rows, target_rows, _ = _select_positions(draft_logits, target_logits, tokens, mask)
@@ -317,7 +324,7 @@ def tvdpp_onpolicy(draft_logits: torch.Tensor, target_logits: torch.Tensor, toke
 
 
 def tvdpp(draft_logits: torch.Tensor, target_logits: torch.Tensor, tokens: torch.Tensor,
-          mask: torch.Tensor, generator: torch.Generator | None = None, *,
+          mask: torch.Tensor | None, generator: torch.Generator | None = None, *,
           max_chunk_elems: int | None = DEFAULT_MAX_CHUNK_ELEMS) -> torch.Tensor:
     """TVD++ (PAPER.md 3.4): exact over the vocabulary, advantage normalised per position under q.
     Gradient: grad TVD_t / (std_t + eps)."""
@@ -325,14 +332,14 @@ def tvdpp(draft_logits: torch.Tensor, target_logits: torch.Tensor, tokens: torch
 
 
 def lk(draft_logits: torch.Tensor, target_logits: torch.Tensor, tokens: torch.Tensor,
-       mask: torch.Tensor, generator: torch.Generator | None = None, *,
+       mask: torch.Tensor | None, generator: torch.Generator | None = None, *,
        max_chunk_elems: int | None = DEFAULT_MAX_CHUNK_ELEMS) -> torch.Tensor:
     """mean_t -log alpha_t, alpha_t = sum_x min(p, q) (PAPER.md 3.5). Gradient: grad TVD_t / alpha_t."""
     return _divergence(_lk_rows, draft_logits, target_logits, tokens, mask, max_chunk_elems)
 
 
 def lk_hybrid(draft_logits: torch.Tensor, target_logits: torch.Tensor, tokens: torch.Tensor,
-              mask: torch.Tensor, generator: torch.Generator | None = None, *,
+              mask: torch.Tensor | None, generator: torch.Generator | None = None, *,
               max_chunk_elems: int | None = DEFAULT_MAX_CHUNK_ELEMS, eta: float = LK_ETA) -> torch.Tensor:
     """lambda KL(p||q) + (1 - lambda) TVD, lambda = exp(-eta stopgrad(mean alpha)) (PAPER.md 3.5)."""
     draft_rows, target_rows, _ = _select_positions(draft_logits, target_logits, tokens, mask)

@@ -341,13 +341,16 @@ class Llama(nn.Module):
         return KVCache(self.config, batch_size, max_len, weight.device, weight.dtype, start)
 
     def forward(self, tokens: torch.Tensor, cache: KVCache | None = None,
-                input_pos: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, T, vocab_size) for tokens (B, T).
+                input_pos: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, vocab_size) for tokens (B, T); with `keep`, (N,) flat indices b * T + t
+        of positions, only the logits of those positions, (N, vocab_size).
 
         Without a cache: a plain causal pass over positions 0..T-1 (training, scoring).
         With a cache: the tokens occupy slots input_pos (a (T,) LongTensor, the same slots for
         every row); their keys/values are written there and they attend to all earlier slots.
         logits[:, t] is the distribution of the token that FOLLOWS tokens[:, t].
+        Training keeps only the positions its loss uses (the answers): the head, the largest
+        matrix of a small model with a big vocabulary, then runs on those rows alone.
         """
         if (cache is None) != (input_pos is None):
             raise ValueError("pass both `cache` and `input_pos` (decoding) or neither (a full pass)")
@@ -367,4 +370,6 @@ class Llama(nn.Module):
         kv_caches = zip(cache.k, cache.v) if cache is not None else [None] * len(self.layers)
         for layer, kv_cache in zip(self.layers, kv_caches):
             x = layer(x, cos, sin, kv_cache, input_pos, mask)
-        return self.output(self.norm(x))                                        # (B, T, vocab_size)
+        if keep is not None:
+            x = x.flatten(0, 1)[keep]                                           # (N, dim)
+        return self.output(self.norm(x))                                        # (B, T, vocab_size) or (N, vocab_size)

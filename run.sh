@@ -15,7 +15,10 @@
 #   PRESET=smollm2 DRAFT_FROM_TARGET=0 bash run.sh   # the same with a draft from scratch ($DRAFT, a preset)
 #
 # Every step resumes: re-running the command skips finished work and continues interrupted work.
-# Each knob can be overridden from the environment, e.g. LOSSES="kld tvdpp_datatoken" bash run.sh
+# Each knob can be overridden from the environment, e.g. LOSSES="kld tvdpp_datatoken" bash run.sh;
+# TRAIN_COMPILE=--compile compiles the blocks of the models being trained and of the teacher
+# (train.py --compile; off by default: on the smollm2 preset it saved 3 of 80 ms per distillation
+# step and cost about 14 s more warm-up per phase, BENCHMARKS.md section 0d).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -34,7 +37,7 @@ case "$PRESET" in
     : "${SETTINGS_PER_PROMPT:=1}" "${GEN_BATCH:=256}" "${MAX_NEW:=192}" "${DRAFT:=gpu-draft}"
     : "${EVAL_GAMMAS:=1,2,4,6}" "${EVAL_PROMPTS:=10}" "${EVAL_MAX_NEW:=128}" "${DEVICE:=cuda}" "${CKPT_INTERVAL:=500}"
     : "${DECODE_PATH:=graphs}" "${EVAL_FLAGS:=}" ;;
-  smollm2)  # the real chat model; one H200: 15.5 minutes (README); on a GPU the fastest decode path
+  smollm2)  # the real chat model; one H200: 11.8 minutes (README); on a GPU the fastest decode path
     # DRAFT_FROM_TARGET=N: the draft starts as the target's embedding, first N blocks and head
     # (README, the headline experiment); a trained model needs smaller steps than a random one.
     # DRAFT_FROM_TARGET=0: a draft from scratch, the preset $DRAFT.
@@ -75,7 +78,7 @@ else
     --tokenizer "$TOK" --out "$RUN/target" --max-steps "$TARGET_STEPS" --batch-size "$BATCH" --lr 2e-3 \
     --warmup 50 --eval-interval "$TARGET_STEPS" --ckpt-interval "$CKPT_INTERVAL" --log-interval 50 --seed "$SEED" --device "$DEVICE"
 fi
-TRAIN_FLAGS="--batch-size $BATCH ${MICRO_BATCH:+--micro-batch-size $MICRO_BATCH} ${MAX_LEN:+--max-len $MAX_LEN}"
+TRAIN_FLAGS="--batch-size $BATCH ${MICRO_BATCH:+--micro-batch-size $MICRO_BATCH} ${MAX_LEN:+--max-len $MAX_LEN} ${TRAIN_COMPILE:-}"
 
 DRAFT_INIT="--preset $DRAFT"
 if [ "${DRAFT_FROM_TARGET:-0}" != 0 ]; then DRAFT_INIT="--init $TARGET --init-layers $DRAFT_FROM_TARGET"; fi

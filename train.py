@@ -41,6 +41,7 @@ from common import (differences, format_seconds, mix_seed, rank_and_world, repla
 from data import load_corpus, load_jsonl_examples, load_jsonl_prompts
 from distill_data import load_distill_records
 from evaluate import evaluate_pair
+from fast_decode import compile_blocks
 from losses import get_loss
 from model import Llama, count_params, get_config
 from speculative import check_context
@@ -127,13 +128,22 @@ def epoch_batches(lengths: tuple[int, ...], batch_size: int, seed: int, epoch: i
     return [batches[b] for b in torch.randperm(per_epoch, generator=generator).tolist()]
 
 
-def collate(examples: list[tuple[list[int], int]], pad_id: int):
-    """Right-pad into (inputs, targets, mask), each (B, L) with L = longest example - 1.
+PAD_MULTIPLE = 32     # on a GPU, batch lengths are rounded up to a multiple of this (see collate)
+
+
+def collate(examples: list[tuple[list[int], int]], pad_id: int, multiple: int = 1, limit: int | None = None):
+    """Right-pad into (inputs, targets, mask), each (B, L) with L = longest example - 1, rounded
+    up to a multiple of `multiple` (but not past `limit`, the models' context).
 
     inputs[:, t] predicts targets[:, t] = ids[t + 1]; mask[:, t] is True where that target is
-    a token we train on (at or after loss_start, and not padding).
+    a token we train on (at or after loss_start, and not padding). Why round L up: on a GPU each
+    new sequence length costs set-up on first sight (cuDNN builds an attention plan per shape,
+    torch.compile may compile again), and a run's batches would show it a hundred lengths; rounded
+    up to a multiple of 32 they show at most max_len / 32. Padding at the right changes nothing
+    before it (attention is causal) and the mask keeps it out of the loss.
     """
-    length = max(len(ids) for ids, _ in examples) - 1
+    longest = max(len(ids) for ids, _ in examples) - 1
+    length = max(longest, min(-(-longest // multiple) * multiple, limit or math.inf))
     inputs = torch.full((len(examples), length), pad_id, dtype=torch.long)
     targets = torch.full((len(examples), length), pad_id, dtype=torch.long)
     mask = torch.zeros((len(examples), length), dtype=torch.bool)
@@ -165,14 +175,30 @@ def make_optimizer(model: Llama, lr: float, weight_decay: float):
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=model.device.type == "cuda")
 
 
-def objective(model, teacher, loss_fn, inputs, targets, mask, generator):
-    """Mean loss over the masked positions of one micro-batch (float32)."""
-    draft_logits = model(inputs)                                            # (B, T, V)
+def on_device(batch, device: torch.device):
+    """(inputs, targets, keep) of a collated batch on the device; keep holds the flat indices
+    b * T + t of the trained positions, (N,), found here on the CPU: indexing with the boolean
+    mask on the GPU would make the CPU wait for the GPU (to learn N) twice a step."""
+    inputs, targets, mask = batch
+    keep = mask.flatten().nonzero().squeeze(1)                              # (N,)
+    return inputs.to(device), targets.to(device), keep.to(device)
+
+
+def objective(model, teacher, loss_fn, inputs, targets, keep, generator):
+    """Mean loss over the trained positions `keep` (flat indices, see on_device) of one
+    micro-batch (float32).
+
+    Both models compute their logits only at those positions (the answers, about half of a
+    batch of prompts and answers): the head, (dim x vocab) and the largest matrix of a small
+    model with a big vocabulary, then multiplies N rows instead of B x T, and no (B, T, V)
+    logits tensor is ever written or copied."""
+    draft_logits = model(inputs, keep=keep)                                 # (N, V)
+    trained = targets.flatten()[keep]                                       # (N,)
     if teacher is None:   # pretraining: cross-entropy against the data tokens
-        return F.cross_entropy(draft_logits[mask].float(), targets[mask])
+        return F.cross_entropy(draft_logits.float(), trained)
     with torch.no_grad():
-        target_logits = teacher(inputs)                                     # (B, T, V), no gradient
-    return loss_fn(draft_logits, target_logits, targets, mask, generator=generator)
+        target_logits = teacher(inputs, keep=keep)                          # (N, V), no gradient
+    return loss_fn(draft_logits[None], target_logits[None], trained[None], None, generator=generator)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -195,6 +221,8 @@ class Run:
     eval_examples: list
     micro_batch: int
     accumulation: int
+    pad_multiple: int             # batch lengths are rounded up to a multiple of it (collate)
+    context: int                  # the longest sequence both models take
     settings: dict                # what decides the weights (checked on resume)
     lengths: tuple = ()           # of the training examples, for the length-bucketed batches
 
@@ -264,9 +292,11 @@ def setup(args) -> Run:
     torch.manual_seed(args.seed)
     tok = load_tokenizer(args.tokenizer)
     model, teacher, loss_fn, eval_pair = build_models(args, tok, device)
-    max_len = args.max_len or model.config.max_seq_len
-    if max_len > model.config.max_seq_len:
-        raise ValueError(f"--max-len {max_len} exceeds the model's context ({model.config.max_seq_len})")
+    context = min(m.config.max_seq_len for m in (model, teacher) if m is not None)
+    max_len = args.max_len or context
+    if max_len > context:
+        raise ValueError(f"--max-len {max_len} exceeds the context of the model{'s' if teacher else ''} "
+                         f"({context}); lower --max-len")
     examples = load_examples(args.data.split(","), tok, max_len)
     train_examples, eval_examples = split_examples(examples)
     if len(train_examples) < args.batch_size:
@@ -277,8 +307,8 @@ def setup(args) -> Run:
         raise ValueError(f"--batch-size {args.batch_size} must be a multiple of world size ({world}) "
                          f"x --micro-batch-size ({micro_batch})")
     return Run(args, rank, world, device, tok, model, teacher, loss_fn, eval_pair, train_examples, eval_examples,
-               micro_batch, args.batch_size // (world * micro_batch), run_settings(args, examples),
-               tuple(len(ids) for ids, _ in train_examples))
+               micro_batch, args.batch_size // (world * micro_batch), PAD_MULTIPLE if device.type == "cuda" else 1,
+               context, run_settings(args, examples), tuple(len(ids) for ids, _ in train_examples))
 
 
 def prepare_run_dir(out: str) -> None:
@@ -414,16 +444,17 @@ def train_step(run: Run, train_model, optimizer, step: int, saved_step: int | No
     generator = torch.Generator(run.device).manual_seed(mix_seed(args.seed, step))  # on-policy losses sample with it
     step_loss, processed = torch.zeros((), device=run.device), 0
     for micro in range(run.accumulation):
-        inputs, targets, mask = collate(mine[micro * run.micro_batch: (micro + 1) * run.micro_batch], run.tok.pad_id)
+        batch = collate(mine[micro * run.micro_batch: (micro + 1) * run.micro_batch], run.tok.pad_id,
+                        run.pad_multiple, run.context)
         # Weight each micro-batch's mean by its share of the step's trained tokens, so the
         # gradient is the mean over all of them, whatever the split (DDP averages over ranks,
         # hence the factor world). Counted on the CPU: on the GPU the count would make the CPU wait.
-        share = int(mask.sum()) / global_tokens
-        inputs, targets, mask = inputs.to(run.device), targets.to(run.device), mask.to(run.device)
+        share = int(batch[2].sum()) / global_tokens
+        inputs, targets, keep = on_device(batch, run.device)
         last = micro == run.accumulation - 1
         sync = train_model.no_sync() if (run.world > 1 and not last) else nullcontext()   # all-reduce once per step
         with sync, torch.autocast(run.device.type, torch.bfloat16, enabled=run.device.type == "cuda"):
-            loss = objective(train_model, run.teacher, run.loss_fn, inputs, targets, mask, generator)
+            loss = objective(train_model, run.teacher, run.loss_fn, inputs, targets, keep, generator)
             (loss * share * run.world).backward()
         step_loss += loss.detach() * share
         processed += inputs.numel() * run.world
@@ -451,11 +482,12 @@ def evaluate(run: Run) -> dict:
     run.model.eval()
     total, weight = 0.0, 0
     for i in range(0, len(run.eval_examples), run.micro_batch):
-        inputs, targets, mask = (t.to(run.device) for t in collate(run.eval_examples[i: i + run.micro_batch], run.tok.pad_id))
+        batch = collate(run.eval_examples[i: i + run.micro_batch], run.tok.pad_id, run.pad_multiple, run.context)
+        inputs, targets, keep = on_device(batch, run.device)
         with torch.autocast(run.device.type, torch.bfloat16, enabled=run.device.type == "cuda"):
-            loss = objective(run.model, run.teacher, run.loss_fn, inputs, targets, mask,
+            loss = objective(run.model, run.teacher, run.loss_fn, inputs, targets, keep,
                              torch.Generator(run.device).manual_seed(0))
-        total, weight = total + loss.item() * int(mask.sum()), weight + int(mask.sum())
+        total, weight = total + loss.item() * len(keep), weight + len(keep)
     result = {"eval_loss": total / max(weight, 1)}
     if run.eval_pair is not None:
         target, prompts = run.eval_pair
@@ -469,7 +501,14 @@ def evaluate(run: Run) -> dict:
 def train(run: Run, optimizer, step: int, saved_step: int | None) -> None:
     """Steps `step`..max_steps, logging, evaluating and checkpointing at their intervals."""
     args = run.args
-    train_model = torch.compile(run.model) if args.compile else run.model
+    if args.compile:
+        # Block by block, as the decode paths do (fast_decode.compile_blocks): each block's norms,
+        # RoPE, SwiGLU and residual adds fused into few kernels, forward and backward; the
+        # teacher's blocks too (its forward is a large part of a distillation step, BENCHMARKS.md).
+        for model in (run.model, run.teacher):
+            if model is not None:
+                compile_blocks(model)
+    train_model = run.model
     if run.world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(train_model)
     run.model.train()
@@ -526,7 +565,7 @@ def parse_args(argv=None):
     p.add_argument("--eval-gamma", type=int, default=4)
     p.add_argument("--eval-max-new-tokens", type=int, default=64)
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    p.add_argument("--compile", action="store_true", help="torch.compile every block of the model and the teacher (GPU)")
     return p.parse_args(argv)
 
 

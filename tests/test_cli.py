@@ -164,7 +164,7 @@ CASES = [
     ("train", {"--mode": "distill"}, "--mode distill needs --teacher"),
     ("train", {"--ckpt-interval": "0"}, "--ckpt-interval must be >= 1"),
     ("train", {"--lr": "nan"}, "--lr must be a positive number"),
-    ("train", {"--max-len": "1000"}, "--max-len 1000 exceeds the model's context (64)"),
+    ("train", {"--max-len": "1000"}, "--max-len 1000 exceeds the context of the model (64); lower --max-len"),
     ("train", {"--preset": None}, "give exactly one of --preset"),
     # tokenizer vocabulary != model vocabulary; draft vocabulary != target vocabulary
     ("speculative", {"--tokenizer": "{tok350}"}, "has 350 tokens but the model"),

@@ -321,6 +321,18 @@ def test_masked_positions_influence_neither_value_nor_gradient(name):
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
+def test_mask_none_on_the_selected_rows_equals_the_mask_on_the_whole_batch(name):
+    """train.py hands the losses the masked rows alone, (1, N, V), with mask=None: the same value,
+    and the same gradient on those rows, as the mask over the whole (B, T, V) batch."""
+    draft_logits, target_logits, tokens, mask = random_case(seed=16)
+    value, grad = loss_and_grad(LOSSES[name], draft_logits, target_logits, tokens, mask)
+    rows_value, rows_grad = loss_and_grad(LOSSES[name], draft_logits[mask][None], target_logits[mask][None],
+                                          tokens[mask][None], None)
+    assert rows_value.item() == pytest.approx(value.item(), rel=1e-6, abs=1e-7)
+    torch.testing.assert_close(rows_grad[0], grad[mask])
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
 def test_chunked_path_matches_one_shot(name):
     draft_logits, target_logits, tokens, mask = random_case(seed=12)
     vocab = draft_logits.shape[-1]
@@ -372,6 +384,8 @@ def test_bad_inputs_raise_one_clear_error():
         tvd(draft_logits, target_logits[..., :-1], tokens, mask)
     with pytest.raises(ValueError, match="tokens and mask"):
         tvd(draft_logits, target_logits, tokens[:, :-1], mask)
+    with pytest.raises(ValueError, match="tokens and mask"):
+        tvd(draft_logits, target_logits, tokens[:, :-1], None)
     with pytest.raises(ValueError, match="mask.bool"):
         tvd(draft_logits, target_logits, tokens, mask.long())
     with pytest.raises(ValueError, match=r"\[0, 7\)"):

@@ -66,6 +66,17 @@ def test_logits_shape(n_kv_heads):
     assert torch.isfinite(logits).all()
 
 
+def test_keep_returns_exactly_the_kept_rows_of_the_full_logits():
+    """train.py asks for the logits of the answer positions only: the same numbers as selecting
+    those rows of the full (B, T, V) logits, in row-major order."""
+    model = random_model()
+    tokens = random_tokens(3, 11, model.config.vocab_size)
+    mask = torch.rand(3, 11, generator=torch.Generator().manual_seed(2)) > 0.5
+    kept = model(tokens, keep=mask.flatten().nonzero().squeeze(1))
+    assert kept.shape == (int(mask.sum()), model.config.vocab_size)
+    torch.testing.assert_close(kept, model(tokens)[mask], atol=ATOL, rtol=0)
+
+
 def test_drafter_115m_parameter_count():
     with torch.device("meta"):
         model = Llama(get_config("drafter-115m"))

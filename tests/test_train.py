@@ -19,8 +19,10 @@ import torch
 from safetensors.torch import load_file
 
 import data
+import fast_decode
 import train
 from checkpoints import load_model, save_model
+from losses import get_loss
 from model import Llama, get_config
 from common import run_cli
 from tokenizer import chat_example, chat_prompt, train_sentencepiece
@@ -104,6 +106,19 @@ def test_collate_shifts_pads_and_masks_exactly_the_trained_targets():
     # Row 0 trains ids[3:] = 12, 13, 2 (the "response"); row 1 everything after bos, no padding.
     assert mask.tolist() == [[False, False, True, True, True], [True, True, False, False, False]]
     assert targets[0][mask[0]].tolist() == examples[0][0][3:]
+
+
+def test_collate_rounds_the_length_up_to_a_multiple_but_not_past_the_limit():
+    """On a GPU train.py pads batches to a multiple of PAD_MULTIPLE: more padding, the same
+    trained targets; never longer than the models' context, never shorter than the batch."""
+    examples = [([1, 10, 11, 12, 13, 2], 3), ([1, 20, 2], 1)]
+    exact = collate(examples, pad_id=3)
+    for multiple, limit, length in ((4, None, 8), (8, 6, 6), (4, 3, 5), (5, None, 5)):
+        inputs, targets, mask = collate(examples, 3, multiple, limit)
+        assert inputs.shape == targets.shape == mask.shape == (2, length)
+        for padded, unpadded in zip((inputs, targets, mask), exact):
+            assert torch.equal(padded[:, :5], unpadded)
+        assert (inputs[:, 5:] == 3).all() and not mask[:, 5:].any()
 
 
 def test_batch_indices_are_pure_and_cover_each_epoch_once():
@@ -283,6 +298,68 @@ def test_init_layers_trains_a_draft_cut_from_the_teacher(setup, tmp_path):
     assert cut.keys() == teacher.keys()
     assert all(torch.allclose(cut[name], teacher[name], atol=1e-9) for name in cut)
     assert load_model(out / "model").config.n_layers == 1
+
+
+@pytest.mark.parametrize("loss", [None, "kld", "tvdpp"])
+def test_objective_computes_the_logits_of_the_trained_positions_only_and_changes_nothing_else(setup, loss):
+    """train.objective has both models compute their logits at the masked positions alone: the
+    loss and the draft's gradient are those of full (B, T, V) logits with the mask applied after."""
+    examples = load_examples([str(setup["root"] / "distill.jsonl")], setup["tok"], 64)[:6]
+    inputs, targets, mask = collate(examples, setup["tok"].pad_id)
+    torch.manual_seed(2)
+    draft = Llama(get_config("test", vocab_size=setup["tok"].vocab_size))
+    teacher = load_model(setup["root"] / "teacher") if loss else None
+    loss_fn = get_loss(loss) if loss else None
+
+    def loss_and_grads(objective, positions):
+        draft.zero_grad(set_to_none=True)
+        value = objective(draft, teacher, loss_fn, inputs, targets, positions, None)
+        value.backward()
+        return value.detach(), {name: p.grad.clone() for name, p in draft.named_parameters()}
+
+    def every_position(model, teacher, loss_fn, inputs, targets, mask, generator):
+        draft_logits = model(inputs)                                    # (B, T, V)
+        if teacher is None:
+            return torch.nn.functional.cross_entropy(draft_logits[mask], targets[mask])
+        return loss_fn(draft_logits, teacher(inputs).detach(), targets, mask, generator=generator)
+
+    keep = train.on_device((inputs, targets, mask), torch.device("cpu"))[2]     # flat indices of mask
+    assert torch.equal(keep, torch.arange(mask.numel())[mask.flatten()])
+    value, grads = loss_and_grads(train.objective, keep)
+    reference, reference_grads = loss_and_grads(every_position, mask)
+    assert 0 < mask.sum() < mask.numel()
+    assert value.item() == pytest.approx(reference.item(), rel=1e-6)
+    for name in grads:
+        torch.testing.assert_close(grads[name], reference_grads[name], atol=1e-6, rtol=1e-5)
+
+
+def test_compile_compiles_every_block_of_the_draft_and_the_teacher_and_trains_the_same(setup, tmp_path, monkeypatch):
+    """--compile: fast_decode.compile_blocks on the draft and on the teacher (here with
+    torch.compile's "eager" backend: the same tracing, no kernels generated, so the CPU test stays
+    fast), whose traced blocks then run; the run ends with the weights of the run without it."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    compiled = []
+
+    def compile_blocks(model, backend="inductor"):
+        compiled.append(model)
+        return fast_decode.compile_blocks(model, backend="eager")
+    monkeypatch.setattr(train, "compile_blocks", compile_blocks)
+    torch._dynamo.reset()
+    counters.clear()
+    runs = {}
+    for flags in ([], ["--compile"]):
+        out = tmp_path / f"compile{len(flags)}"
+        args = pretrain_args(setup, out, mode="distill", loss="kld", init=setup["root"] / "teacher",
+                             teacher=setup["root"] / "teacher", data=setup["root"] / "distill.jsonl", max_steps=3)
+        at = args.index("--preset")
+        train.main(args[:at] + args[at + 2:] + flags)             # --init instead of --preset
+        runs[bool(flags)] = weights(out)
+    torch._dynamo.reset()
+    assert [any(p.requires_grad for p in model.parameters()) for model in compiled] == [True, False]
+    assert counters["stats"]["unique_graphs"] > 0                 # the traced blocks ran
+    for name in runs[False]:
+        torch.testing.assert_close(runs[True][name], runs[False][name], atol=1e-5, rtol=1e-4)
 
 
 def run_error(argv, capsys) -> str:

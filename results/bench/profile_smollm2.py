@@ -140,6 +140,7 @@ def distill_step_pieces(batch: int = 64, length: int = 256, answer: int = 160) -
     targets = torch.randint(0, V, (batch, length), device="cuda")
     mask = torch.zeros(batch, length, dtype=torch.bool, device="cuda")
     mask[:, length - answer:] = True
+    keep = mask.flatten().nonzero().squeeze(1)   # train.objective takes the trained positions' indices (since 2026-12-03b)
     generator = torch.Generator("cuda").manual_seed(0)
 
     def timed(fn, repeats: int = 5) -> tuple[float, object]:
@@ -164,7 +165,7 @@ def distill_step_pieces(batch: int = 64, length: int = 256, answer: int = 160) -
 
     def whole_step():
         with autocast():
-            loss = objective(draft, teacher, loss_fn, inputs, targets, mask, generator)
+            loss = objective(draft, teacher, loss_fn, inputs, targets, keep, generator)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(draft.parameters(), 1.0)
         optimizer.step()

@@ -8,7 +8,14 @@
    block (gamma 4, cut draft) and one recorded plain step at the same T, as the decoders record
    them (results/bench/profile_smollm2.py --block-only --draft cut:4, call1/profile.log here);
 4. the preset's time: the phases' own times from the two calls' logs (the second call resumed
-   the first; the phases it found finished and skipped are not work of the preset)."""
+   the first; the phases it found finished and skipped are not work of the preset).
+
+Another run of the preset (since 2026-12-03b): --dir its results, --logs its calls' run.log
+files in order, --profile the block costs (by default this directory's, the decoders being
+unchanged), e.g.
+    PYTHONPATH=. python results/smollm2-gpu-2026-12-03/check_goals.py --dir results/smollm2-gpu-2026-12-03b \
+        --logs call2/run.log,call3/run.log > results/smollm2-gpu-2026-12-03b/check_goals.txt"""
+import argparse
 import json
 import os
 import re
@@ -16,8 +23,13 @@ import re
 from evaluate import ci_gaps, separation_lines
 
 here = os.path.dirname(os.path.abspath(__file__))
-rows = json.load(open(os.path.join(here, "results.json")))["results"]
-profile = open(os.path.join(here, "call1", "profile.log")).read().split("(a) SmolLM2-135M + ")[1]   # cut:4 first
+parser = argparse.ArgumentParser()
+parser.add_argument("--dir", default=here, help="the run's results.json and logs")
+parser.add_argument("--logs", default="run_call2.log,run_call3_resumed.log", help="its calls' logs, in --dir")
+parser.add_argument("--profile", default=os.path.join(here, "call1", "profile.log"))
+args = parser.parse_args()
+rows = json.load(open(os.path.join(args.dir, "results.json")))["results"]
+profile = open(args.profile).read().split("(a) SmolLM2-135M + ")[1]   # cut:4 first
 cost = {}
 for temperature in ("0", "1"):
     block = float(re.search(rf"one whole block \(gamma 4\), T={temperature} \| \d+ \| ([\d.]+)", profile).group(1))
@@ -47,8 +59,8 @@ for ratio, draft, task, temperature, measured, projected in ratios[:3]:
     print(f"   lowest: {draft} {task} T={temperature:g}: {measured:.2f}x measured, {projected:.2f}x projected ({ratio:.2f})")
 
 phases = {}
-for log in ("run_call2.log", "run_call3_resumed.log"):
-    for name, seconds in re.findall(r"^== (.+) took (\d+) s$", open(os.path.join(here, log)).read(), re.M):
+for log in args.logs.split(","):
+    for name, seconds in re.findall(r"^== (.+) took (\d+) s$", open(os.path.join(args.dir, log)).read(), re.M):
         phases.setdefault(name, []).append(int(seconds))
 work = {name: max(times) for name, times in phases.items()}       # the run that did it, not the skip
 print(f"4. the preset's phases: " + ", ".join(f"{name.split(':')[0]}{name.split('with')[-1] if 'with' in name else ''} "
