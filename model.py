@@ -349,8 +349,9 @@ class Llama(nn.Module):
         With a cache: the tokens occupy slots input_pos (a (T,) LongTensor, the same slots for
         every row); their keys/values are written there and they attend to all earlier slots.
         logits[:, t] is the distribution of the token that FOLLOWS tokens[:, t].
-        Training keeps only the positions its loss uses (the answers): the head, the largest
-        matrix of a small model with a big vocabulary, then runs on those rows alone.
+        Training keeps only the positions its loss uses (in distillation, the answers): the
+        head, the largest matrix of a small model with a big vocabulary, then runs on those
+        rows alone.
         """
         if (cache is None) != (input_pos is None):
             raise ValueError("pass both `cache` and `input_pos` (decoding) or neither (a full pass)")

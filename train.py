@@ -137,7 +137,7 @@ def collate(examples: list[tuple[list[int], int]], pad_id: int, multiple: int = 
 
     inputs[:, t] predicts targets[:, t] = ids[t + 1]; mask[:, t] is True where that target is
     a token we train on (at or after loss_start, and not padding). Why round L up: on a GPU each
-    new sequence length costs set-up on first sight (cuDNN builds an attention plan per shape,
+    new sequence length costs set-up on first sight (cuDNN's attention plans among it, and
     torch.compile may compile again), and a run's batches would show it a hundred lengths; rounded
     up to a multiple of 32 they show at most max_len / 32. Padding at the right changes nothing
     before it (attention is causal) and the mask keeps it out of the loss.
@@ -178,7 +178,7 @@ def make_optimizer(model: Llama, lr: float, weight_decay: float):
 def on_device(batch, device: torch.device):
     """(inputs, targets, keep) of a collated batch on the device; keep holds the flat indices
     b * T + t of the trained positions, (N,), found here on the CPU: indexing with the boolean
-    mask on the GPU would make the CPU wait for the GPU (to learn N) twice a step."""
+    mask on the GPU would make the CPU wait for the GPU (to learn N), once per model."""
     inputs, targets, mask = batch
     keep = mask.flatten().nonzero().squeeze(1)                              # (N,)
     return inputs.to(device), targets.to(device), keep.to(device)
@@ -188,8 +188,8 @@ def objective(model, teacher, loss_fn, inputs, targets, keep, generator):
     """Mean loss over the trained positions `keep` (flat indices, see on_device) of one
     micro-batch (float32).
 
-    Both models compute their logits only at those positions (the answers, about half of a
-    batch of prompts and answers): the head, (dim x vocab) and the largest matrix of a small
+    Both models compute their logits only at those positions (in distillation the answers,
+    about half of a batch of prompts and answers): the head, (dim x vocab) and the largest matrix of a small
     model with a big vocabulary, then multiplies N rows instead of B x T, and no (B, T, V)
     logits tensor is ever written or copied."""
     draft_logits = model(inputs, keep=keep)                                 # (N, V)
@@ -221,8 +221,6 @@ class Run:
     eval_examples: list
     micro_batch: int
     accumulation: int
-    pad_multiple: int             # batch lengths are rounded up to a multiple of it (collate)
-    context: int                  # the longest sequence both models take
     settings: dict                # what decides the weights (checked on resume)
     lengths: tuple = ()           # of the training examples, for the length-bucketed batches
 
@@ -232,6 +230,17 @@ class Run:
 
     def path(self, name: str) -> str:
         return os.path.join(self.args.out, name)
+
+    def collate(self, examples: list[tuple[list[int], int]]):
+        """collate() for this run: on a GPU, lengths rounded up to PAD_MULTIPLE; never past the
+        context of the models."""
+        multiple = PAD_MULTIPLE if self.device.type == "cuda" else 1
+        return collate(examples, self.tok.pad_id, multiple, shared_context(self.model, self.teacher))
+
+
+def shared_context(*models) -> int:
+    """The longest sequence every one of the models (None: absent) takes."""
+    return min(m.config.max_seq_len for m in models if m is not None)
 
 
 def init_distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
@@ -292,7 +301,7 @@ def setup(args) -> Run:
     torch.manual_seed(args.seed)
     tok = load_tokenizer(args.tokenizer)
     model, teacher, loss_fn, eval_pair = build_models(args, tok, device)
-    context = min(m.config.max_seq_len for m in (model, teacher) if m is not None)
+    context = shared_context(model, teacher)
     max_len = args.max_len or context
     if max_len > context:
         raise ValueError(f"--max-len {max_len} exceeds the context of the model{'s' if teacher else ''} "
@@ -307,8 +316,8 @@ def setup(args) -> Run:
         raise ValueError(f"--batch-size {args.batch_size} must be a multiple of world size ({world}) "
                          f"x --micro-batch-size ({micro_batch})")
     return Run(args, rank, world, device, tok, model, teacher, loss_fn, eval_pair, train_examples, eval_examples,
-               micro_batch, args.batch_size // (world * micro_batch), PAD_MULTIPLE if device.type == "cuda" else 1,
-               context, run_settings(args, examples), tuple(len(ids) for ids, _ in train_examples))
+               micro_batch, args.batch_size // (world * micro_batch), run_settings(args, examples),
+               tuple(len(ids) for ids, _ in train_examples))
 
 
 def prepare_run_dir(out: str) -> None:
@@ -444,8 +453,7 @@ def train_step(run: Run, train_model, optimizer, step: int, saved_step: int | No
     generator = torch.Generator(run.device).manual_seed(mix_seed(args.seed, step))  # on-policy losses sample with it
     step_loss, processed = torch.zeros((), device=run.device), 0
     for micro in range(run.accumulation):
-        batch = collate(mine[micro * run.micro_batch: (micro + 1) * run.micro_batch], run.tok.pad_id,
-                        run.pad_multiple, run.context)
+        batch = run.collate(mine[micro * run.micro_batch: (micro + 1) * run.micro_batch])
         # Weight each micro-batch's mean by its share of the step's trained tokens, so the
         # gradient is the mean over all of them, whatever the split (DDP averages over ranks,
         # hence the factor world). Counted on the CPU: on the GPU the count would make the CPU wait.
@@ -482,7 +490,7 @@ def evaluate(run: Run) -> dict:
     run.model.eval()
     total, weight = 0.0, 0
     for i in range(0, len(run.eval_examples), run.micro_batch):
-        batch = collate(run.eval_examples[i: i + run.micro_batch], run.tok.pad_id, run.pad_multiple, run.context)
+        batch = run.collate(run.eval_examples[i: i + run.micro_batch])
         inputs, targets, keep = on_device(batch, run.device)
         with torch.autocast(run.device.type, torch.bfloat16, enabled=run.device.type == "cuda"):
             loss = objective(run.model, run.teacher, run.loss_fn, inputs, targets, keep,

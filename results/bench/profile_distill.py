@@ -8,7 +8,7 @@ draft, loss, backward, clip, AdamW; float32 weights under bf16 autocast) on the 
 batches:
   every-position          both heads over every position, the loss selecting the answers with
                           the boolean mask on the GPU, batches padded to their longest example
-                          (train.py until 2026-12-03)
+                          (train.py of BENCHMARKS.md section 0c)
   answer-only             train.objective: the heads multiply only the answer rows, whose
                           indices come from the CPU (train.on_device)
   pad N                   batch lengths rounded up to a multiple of N (train.collate)
@@ -44,7 +44,7 @@ VARIANTS = {  # name: (answer-only logits, pad multiple, compiled)
 
 
 def every_position_step_inputs(batch):
-    """What train.py handed the models until 2026-12-03: the boolean mask, on the GPU."""
+    """What train.py of section 0c handed the models: the boolean mask, on the GPU."""
     return tuple(t.cuda() for t in batch)
 
 

@@ -15,7 +15,9 @@
 # train.py --compile on a GPU, and call 1's profile said it costs more than it saves at the
 # preset's 500 steps; the committed run.sh has no such default, so its plain command is the one run.
 # After call 3 the last two parts of the draft, left out by the limit on what comes back, were
-# fetched with `cp /tmp/draft/draft.part04 /tmp/draft/draft.part05 "$OUT/"`.
+# fetched with `cp /tmp/draft/draft.part04 /tmp/draft/draft.part05 "$OUT/"`. (As run, call 3 held
+# results/bench/best_draft.py's and draft_parts.py's few lines inline, as session_2026-12-03.sh
+# does; draft_parts.py cuts the same 15 MiB parts as the `split -b 15M` used then.)
 # The SmolLM2 GGUF travels in two parts (a call carries at most 64 MiB): .carry/p0 in call 1,
 # .carry/p1 in call 2, joined into models/ there.
 set -uo pipefail
@@ -24,17 +26,6 @@ O=/tmp/o/call$CALL GGUF=models/SmolLM2-135M-Instruct.Q4_1.gguf R=runs/smollm2
 mkdir -p "$O" models
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:.
-best_draft() {  # the distilled draft with the highest mean tau at gamma 4 over every task and T
-  python - <<'PY'
-import json
-rows = json.load(open("runs/smollm2/results.json"))["results"]
-taus = {}
-for r in rows:
-    if r["gamma"] == 4 and r["draft"] != "pretrained":
-        taus.setdefault(r["draft"], []).append(r["block_efficiency"])
-print(max(taus, key=lambda d: sum(taus[d]) / len(taus[d])))
-PY
-}
 case "$CALL" in
 1)
   cp .carry/p0/gguf.part00 /tmp/
@@ -66,13 +57,9 @@ case "$CALL" in
   timeout 560 env PRESET=smollm2 bash run.sh > "$O/run.log" 2>&1
   cp $R/results.md $R/results.json $R/results.png "$O/" 2>/dev/null
   for d in $R/draft-*; do cp $d/log.jsonl "$O/$(basename $d).log.jsonl" 2>/dev/null; done
-  best=$(best_draft) && echo "$best" > "$O/best_draft.txt"
-  python - "$best" <<'PY'
-import sys, torch
-from checkpoints import load_model, save_model
-save_model(load_model(f"runs/smollm2/draft-{sys.argv[1]}/model").to(torch.bfloat16), "/tmp/draft")
-PY
-  (cd /tmp/draft && split -b 15M -d model.safetensors draft.part && cp config.json draft.part0[0-5] "$OUT/")
+  best=$(python results/bench/best_draft.py $R/results.json) && echo "$best" > "$O/best_draft.txt"
+  python results/bench/draft_parts.py $R/draft-$best/model /tmp/draft
+  (cd /tmp/draft && cp config.json draft.part0[0-5] "$OUT/")
   ;;
 esac
 tar czf "$OUT/call$CALL.tgz" -C /tmp/o .

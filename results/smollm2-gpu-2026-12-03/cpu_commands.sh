@@ -46,14 +46,16 @@ step 5 && "${LLAMA_PYTHON:-python}" results/smollm2-cpu-2026-12-02/llamacpp_plai
 
 # 6. The preset's training steps on this CPU, to extrapolate a CPU-only run (README): 3 pretraining
 #    steps of the cut draft at the preset's batch, 3 distillation steps of 16 sequences.
-step 6 && python train.py --mode pretrain --init $G --init-layers 4 --data $R/world/corpus.txt --tokenizer $G \
-  --out /tmp/cpu-pretrain --max-steps 3 --batch-size 64 --max-len 512 --lr 3e-4 --warmup 1 --eval-interval 1000 \
-  --ckpt-interval 1000 --log-interval 1 --device cpu > $D/cpu_training_steps.txt 2>&1
-step 6 && head -n 17 $R/distill.jsonl > /tmp/distill17.jsonl
-step 6 && python train.py --mode distill --loss kld --init $R/draft-$DRAFT/model --teacher $G --data /tmp/distill17.jsonl \
-  --tokenizer $G --out /tmp/cpu-distill --max-steps 3 --batch-size 16 --max-len 512 --lr 5e-4 --warmup 1 \
-  --eval-interval 1000 --ckpt-interval 1000 --log-interval 1 --device cpu >> $D/cpu_training_steps.txt 2>&1
-step 6 && rm -rf /tmp/cpu-pretrain /tmp/cpu-distill
+if step 6; then
+  python train.py --mode pretrain --init $G --init-layers 4 --data $R/world/corpus.txt --tokenizer $G \
+    --out /tmp/cpu-pretrain --max-steps 3 --batch-size 64 --max-len 512 --lr 3e-4 --warmup 1 --eval-interval 1000 \
+    --ckpt-interval 1000 --log-interval 1 --device cpu > $D/cpu_training_steps.txt 2>&1
+  head -n 17 $R/distill.jsonl > /tmp/distill17.jsonl
+  python train.py --mode distill --loss kld --init $R/draft-$DRAFT/model --teacher $G --data /tmp/distill17.jsonl \
+    --tokenizer $G --out /tmp/cpu-distill --max-steps 3 --batch-size 16 --max-len 512 --lr 5e-4 --warmup 1 \
+    --eval-interval 1000 --ckpt-interval 1000 --log-interval 1 --device cpu >> $D/cpu_training_steps.txt 2>&1
+  rm -rf /tmp/cpu-pretrain /tmp/cpu-distill
+fi
 
 # 7. Phase 2 on this CPU, to extrapolate the same. (a) SmolLM2 answers the first 32 seed prompts
 #    under 2 settings each: 64 answers over 14 settings, so batches of a few rows (a batch holds
