@@ -111,8 +111,8 @@ def decode_costs(preset: str, path: str, gamma: int, context: int, ceilings: dic
         for name, n_tokens in (("decode", 1), ("verify", gamma + 1)):
             started = time.perf_counter()
             cache = model.new_cache(1, context + gamma + 2)
-            model(torch.randint(0, model.config.vocab_size, (1, context), device="cuda"), cache,
-                  torch.arange(context, device="cuda"))                                  # prefill
+            model.prefill(torch.randint(0, model.config.vocab_size, (1, context), device="cuda"), cache,
+                          torch.arange(context, device="cuda"))
             tokens = torch.randint(0, model.config.vocab_size, (1, n_tokens), device="cuda")
             slots = torch.arange(context, context + n_tokens, device="cuda")
             step = step_function(model, path, options, cache, tokens, slots)

@@ -12,7 +12,8 @@ GPU needs to run it: the GPU waits for the CPU. Three remedies, each optional:
   CudaGraph         records a whole step -- a model call AND its sampling and bookkeeping -- once,
                     then replays it with one launch. speculative.py writes its steps so that they
                     can be recorded: every input and output lives at a fixed address on the device
-                    and no step asks the host a question.
+                    and no step asks the host a question (a prompt too: it goes in as recorded
+                    chunks of a fixed length, _Graphs.prefill).
 On a CPU the launches are cheap and the bytes are not; there the remedies are for the few-row
 matrix products of a verify pass (FewRowLinear) and for the draft's LM head (ShortlistHead).
 DECODE_PATHS names the combinations that bench.py compares and the CLIs offer (--decode-path).

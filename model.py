@@ -374,3 +374,10 @@ class Llama(nn.Module):
         if keep is not None:
             x = x.flatten(0, 1)[keep]                                           # (N, dim)
         return self.output(self.norm(x))                                        # (B, T, vocab_size) or (N, vocab_size)
+
+    def prefill(self, tokens: torch.Tensor, cache: KVCache, input_pos: torch.Tensor) -> None:
+        """Write the keys and values of a prompt's tokens (B, T) into the cache slots input_pos,
+        computing no logits: a decoder reads only the distribution after the newest token, which
+        its first step computes, so the head (for SmolLM2 a 49,152 x 576 matrix, the largest
+        one of a small model) would run over every prompt position for nothing."""
+        self(tokens, cache, input_pos, keep=tokens.new_empty(0))

@@ -135,6 +135,8 @@ def cut_at_stop(tokens: list[int], stop_ids: Collection[int]) -> list[int]:
     return tokens if first is None else tokens[: first + 1]
 
 
+PREFILL_CHUNK = 128     # slots per recorded prefill step (_Graphs.prefill): most chat prompts fit in one
+
 class _Graphs:
     """What the two decoders share about CUDA graphs: one recording per kind of step (its
     sampling settings, block length...), made on first use, and a generator of their own
@@ -145,7 +147,7 @@ class _Graphs:
     def __init__(self, device: torch.device, enabled: bool):
         if enabled and device.type != "cuda":
             raise ValueError("CUDA graphs need the model on a CUDA GPU; decode eagerly on this machine")
-        self.enabled, self.recorded = enabled, {}
+        self.enabled, self.recorded, self.prefill_slots = enabled, {}, {}
         self.generator = torch.Generator(device) if enabled else None
 
     def runner(self, key, step):
@@ -155,6 +157,44 @@ class _Graphs:
         if key not in self.recorded:
             self.recorded[key] = fast_decode.CudaGraph(step, self.generator)
         return self.recorded[key]
+
+    def prefill(self, model: Llama, tokens: torch.Tensor, cache, first: int, end: int,
+                chunk: int | None) -> None:
+        """Keys and values of the slots first..end-1 of tokens (B, n_slots) into the model's cache.
+
+        chunk=None: in one forward call. chunk=C: in calls over C slots each (at most n_slots),
+        the last one moved back to end at the last slot where it would run past it, each one a
+        recorded step when graphs are on. Why: a prompt's length changes from call to call, so a
+        one-call prefill cannot be recorded, and unrecorded a small model's forward costs what
+        launching its kernels costs -- through torch.compile's blocks, several times the
+        recorded step (BENCHMARKS.md section 0e) -- while a chunk has one shape for every prompt.
+        Why it is exact: a chunk past `end` writes slots the decoder has not reached, which it
+        overwrites before anything attends to them (the causal mask hides them; the same as a
+        rollback after a rejection), and a slot written twice gets the same keys and values
+        again (up to float rounding), from the same token, position and earlier slots.
+        """
+        if end <= first:
+            return
+        if chunk is None:
+            slots = torch.arange(first, end, device=tokens.device)
+            model.prefill(tokens[:, first:end], cache, slots)
+            return
+        chunk = min(chunk, tokens.shape[1])
+        key = ("prefill", id(cache), chunk)
+        if key not in self.prefill_slots:      # the step's fixed tensors: the chunk's next slot, its offsets
+            self.prefill_slots[key] = (torch.zeros(1, dtype=torch.long, device=tokens.device),
+                                       torch.arange(chunk, device=tokens.device))
+        next_slot, offsets = self.prefill_slots[key]
+
+        def step():
+            slots = next_slot.clamp(max=tokens.shape[1] - chunk) + offsets        # (C,)
+            model.prefill(tokens.index_select(1, slots), cache, slots)
+            next_slot.add_(chunk)
+
+        next_slot.fill_(first)
+        run = self.runner(key, step)
+        for _ in range(-(-(end - first) // chunk)):        # ceil((end - first) / chunk) chunks
+            run()
 
     def borrow(self, generator: torch.Generator | None, device: torch.device):
         """The generator the steps use, and a function that ends the call."""
@@ -185,6 +225,7 @@ class Decoder:
         self.tokens = torch.zeros(batch_size, n_slots, dtype=torch.long, device=model.device)
         self.length = torch.zeros(1, dtype=torch.long, device=model.device)
         self.graphs = _Graphs(model.device, graphs)
+        self.prefill_chunk = PREFILL_CHUNK if graphs else None      # _Graphs.prefill says why
 
     def step(self, sampling: tuple, generator) -> None:
         """One token for every row: feed the newest token, sample the next, write it after it."""
@@ -213,8 +254,8 @@ class Decoder:
         self.tokens[:, :P] = padded
         self.cache.start.copy_(torch.tensor([P - len(p) for p in prompts], device=device))
         self.length.fill_(P)
-        if P > 1:   # the prompt but its last token; each step feeds the newest token
-            self.model(padded[:, :-1], self.cache, torch.arange(P - 1, device=device))
+        # The prompt but its last token; each step feeds the newest token.
+        self.graphs.prefill(self.model, self.tokens, self.cache, 0, P - 1, self.prefill_chunk)
         generator, give_back = self.graphs.borrow(generator, device)
         sampling = (temperature, top_k, top_p)
         step = self.graphs.runner(sampling, lambda: self.step(sampling, generator))
@@ -332,6 +373,7 @@ class SpeculativeDecoder:
         self.length = torch.zeros(1, dtype=torch.long, device=device)
         self.offsets = torch.arange(n_slots, device=device)
         self.graphs = _Graphs(device, graphs)
+        self.prefill_chunk = PREFILL_CHUNK if graphs else None      # _Graphs.prefill says why
 
     def block(self, gamma: int, sampling: tuple, generator) -> torch.Tensor:
         """One block: the draft proposes gamma tokens, the target scores them in one pass, and
@@ -395,10 +437,9 @@ class SpeculativeDecoder:
         started = time.perf_counter()
         self.tokens[0, : P + 1] = torch.tensor([pad_id] + prompt, device=device)
         self.length.fill_(P + 1)
-        if P > 1:   # the target sees all but the newest token, the draft all but the newest two
-            self.target(self.tokens[:, 1:P], self.target_cache, self.offsets[1:P])
-        if P > 2:
-            self.draft(self.tokens[:, 1:P - 1], self.draft_cache, self.offsets[1:P - 1])
+        # The target sees all but the newest token, the draft all but the newest two.
+        self.graphs.prefill(self.target, self.tokens, self.target_cache, 1, P, self.prefill_chunk)
+        self.graphs.prefill(self.draft, self.tokens, self.draft_cache, 1, P - 1, self.prefill_chunk)
         generator, give_back = self.graphs.borrow(generator, device)
         sampling = (temperature, top_k, top_p)
         new_tokens, accepted_per_block, drafted_per_block, n_tokens = [], [], [], P

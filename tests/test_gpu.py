@@ -34,13 +34,17 @@ def pair(fuse: bool = False, compile: bool = False):
     return target, draft
 
 
-@pytest.mark.parametrize("compile, fuse", [(False, False), (True, False), (True, True)])
-def test_graphed_plain_decoding_matches_eager_across_prompts(compile, fuse):
+# prefill_chunk: the decoders' default (PREFILL_CHUNK, above SLOTS: one recorded chunk over every
+# slot), or 8 (a prompt of 19 tokens in three recorded chunks).
+@pytest.mark.parametrize("compile, fuse, prefill_chunk", [(False, False, None), (False, False, 8),
+                                                          (True, False, None), (True, True, 8)])
+def test_graphed_plain_decoding_matches_eager_across_prompts(compile, fuse, prefill_chunk):
     # One decoder for several prompts in a row: its state is reused, so a stale slot or a
     # stale `start` from the previous prompt would change the tokens.
     eager, _ = pair()
     fast, _ = pair(fuse, compile)
     decoder = Decoder(fast, 1, SLOTS, graphs=True)
+    decoder.prefill_chunk = prefill_chunk or decoder.prefill_chunk
     for prompt in PROMPTS:
         for temperature in (0.0, 1.0):
             g1, g2 = (torch.Generator("cuda").manual_seed(3) for _ in range(2))
@@ -49,14 +53,16 @@ def test_graphed_plain_decoding_matches_eager_across_prompts(compile, fuse):
             assert g1.get_state().equal(g2.get_state())        # the caller's generator moved on alike
     # left-padded batches: a different `start` per row
     batched = Decoder(fast, len(PROMPTS), SLOTS, graphs=True)
+    batched.prefill_chunk = prefill_chunk or batched.prefill_chunk
     assert batched.generate(PROMPTS, 8, 0.0) == generate_batch(eager, PROMPTS, 8, 0.0)
 
 
-@pytest.mark.parametrize("compile, fuse", [(False, False), (True, True)])
-def test_graphed_speculative_matches_eager_token_for_token_and_block_for_block(compile, fuse):
+@pytest.mark.parametrize("compile, fuse, prefill_chunk", [(False, False, None), (False, False, 8), (True, True, 8)])
+def test_graphed_speculative_matches_eager_token_for_token_and_block_for_block(compile, fuse, prefill_chunk):
     eager_target, eager_draft = pair()
     target, draft = pair(fuse, compile)
     decoder = SpeculativeDecoder(target, draft, SLOTS, graphs=True)
+    decoder.prefill_chunk = prefill_chunk or decoder.prefill_chunk
     blocks = []
     for prompt in PROMPTS:
         for temperature in (0.0, 1.0):

@@ -159,6 +159,25 @@ def padded_batch_logits(model: Llama, prompts: list[torch.Tensor], continuations
     return torch.cat([prefill, steps], dim=1), start
 
 
+def test_prefill_writes_the_cache_a_logits_pass_writes_and_runs_no_head_rows():
+    """Llama.prefill: the same keys and values in the same slots as a forward pass over the
+    prompt, so decoding after it is unchanged, with the head run over no position at all."""
+    model = random_model(n_kv_heads=2)
+    tokens = random_tokens(2, 10, model.config.vocab_size)
+    head_rows = []
+    model.output.register_forward_hook(lambda module, inputs, output: head_rows.append(inputs[0].shape[0]))
+    with torch.no_grad():
+        with_logits, without = model.new_cache(2, 12), model.new_cache(2, 12)
+        model(tokens[:, :7], with_logits, torch.arange(7))
+        head_rows.clear()
+        assert model.prefill(tokens[:, :7], without, torch.arange(7)) is None
+        assert head_rows == [0]
+        for written, expected in zip(without.k + without.v, with_logits.k + with_logits.v):
+            torch.testing.assert_close(written, expected, atol=0, rtol=0)
+        after = model(tokens[:, 7:], without, torch.arange(7, 10))
+    torch.testing.assert_close(after, model(tokens)[:, 7:], atol=ATOL, rtol=0)
+
+
 @pytest.mark.parametrize("n_kv_heads", [4, 2])
 def test_fused_projections_change_nothing_but_the_kernels(n_kv_heads, tmp_path):
     """fuse_projections: the stacked products are what runs (the separate wq/wk/wv/w1/w3 modules

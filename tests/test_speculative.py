@@ -274,6 +274,40 @@ def test_generate_batch_cuts_each_row_at_its_own_eos():
     assert len(cut[0]) <= 4
 
 
+@pytest.mark.parametrize("chunk, expected_firsts", [(4, [0, 4, 8]), (8, [0, 5]), (50, [0])])
+def test_a_prefill_in_chunks_writes_what_one_call_writes(chunk, expected_firsts):
+    """_Graphs.prefill with chunk=C (the recorded form on a GPU, run eagerly here): chunks of C
+    slots from the first, the last one moved back to end at the decoder's last slot (C=8: 0..7,
+    then 5..12, not 8..15) or the whole cache when C exceeds it (C=50); the same keys and values
+    in the prompt's slots as one call, so the same tokens greedy and sampled."""
+    from speculative import Decoder, SpeculativeDecoder
+    target = random_model(0, vocab_size=32)
+    draft = perturbed_copy(target, noise=0.3)
+    prompts = [[5, 1, 4, 1, 5, 9, 2, 6, 5, 3], [7, 2], [3, 9, 2, 8]]         # P = 10: prefill slots 0..8
+    firsts = []
+    target.register_forward_hook(lambda module, inputs, output: firsts.append(int(inputs[2][0])))
+    caches, outputs = [], []
+    for prefill_chunk in (None, chunk):
+        decoder = Decoder(target, len(prompts), 13)                          # 10 + 3 new tokens
+        decoder.prefill_chunk = prefill_chunk
+        outputs.append([decoder.generate(prompts, 3, temperature=0),
+                        decoder.generate(prompts, 3, generator=torch.Generator().manual_seed(1))])
+        firsts.clear()
+        decoder.graphs.prefill(target, decoder.tokens, decoder.cache, 0, 9, prefill_chunk)
+        caches.append([layer[:, :, :9] for layer in decoder.cache.k + decoder.cache.v])
+    assert firsts == expected_firsts
+    for chunked, whole in zip(caches[1], caches[0]):
+        torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)
+    assert outputs[1] == outputs[0]
+    speculative = []
+    for prefill_chunk in (None, chunk):
+        decoder = SpeculativeDecoder(target, draft, 22)
+        decoder.prefill_chunk = prefill_chunk
+        speculative.append([decoder.generate(prompts[0], 6, 3, temperature=0)[0].tolist(),
+                            decoder.generate(prompts[0], 6, 3, generator=torch.Generator().manual_seed(2))[0].tolist()])
+    assert speculative[1] == speculative[0]
+
+
 # ----------------------------------------------------------------------------------------------
 # verify: the rejection-sampling rule on hand-built distributions
 # ----------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@
 Options (added in the fifth session; the defaults are the run above): --draft cut:N for a draft of
 SmolLM2's own shape with N blocks (train.py --init-layers N), --shortlist K to give the draft a
 fast_decode.ShortlistHead over K tokens, --block-only to skip (b). Since 2026-12-03 (a) also
-records the whole block and the plain decoder's step at T=0, where both take argmaxes.
+records the whole block and the plain decoder's step at T=0, where both take argmaxes; since
+2026-12-04 it also replays both as the decoders do, with a synchronisation after each (synced_ms).
 """
 
 import argparse
@@ -36,6 +37,26 @@ def gpu_ms(fn) -> float:
     function held its own copy of bench.cuda_time's loop: the same 3 warm-ups, 50 repeats and
     median of CUDA-event timings.)"""
     return cuda_time(fast_decode.CudaGraph(fn), repeats=50) * 1e3
+
+
+def synced_ms(fn, repeats: int = 50) -> tuple[float, float]:
+    """fn recorded as a CUDA graph and replayed as the decoders replay their recordings, each
+    replay followed by a synchronisation (the host reads every block's or token's result before
+    it launches the next): the median wall ms of replay + synchronisation, and the median host
+    ms of the replay call alone (the launch)."""
+    graph = fast_decode.CudaGraph(fn)
+    for _ in range(3):
+        graph()
+    torch.cuda.synchronize()
+    walls, launches = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        graph()
+        launched = time.perf_counter()
+        torch.cuda.synchronize()
+        walls.append(time.perf_counter() - started)
+        launches.append(launched - started)
+    return sorted(walls)[repeats // 2] * 1e3, sorted(launches)[repeats // 2] * 1e3
 
 
 def kernels_per_call(fn) -> int:
@@ -102,7 +123,7 @@ def block_pieces(draft_name: str = "smollm2-draft-4l", shortlist: int | None = N
     speculative.length.fill_(CONTEXT)
     plain_decoder = Decoder(target, 1, slots, graphs=True)
     plain_decoder.tokens[0, :CONTEXT] = fill[0]
-    wholes = {}
+    wholes, synced = {}, {}
     for temperature in (0.0, 1.0):    # at T=0 the decoders take argmaxes (speculative.verify_greedy)
         sampling = (temperature, None, None)
         block = lambda: (speculative.length.fill_(CONTEXT), speculative.block(GAMMA, sampling, generator))  # noqa: E731
@@ -112,6 +133,11 @@ def block_pieces(draft_name: str = "smollm2-draft-4l", shortlist: int | None = N
               f"{wholes[temperature][0]:.3f} |")
         print(f"| one plain decoding step (Decoder.step), T={temperature:g} | {kernels_per_call(step)} | "
               f"{wholes[temperature][1]:.3f} |")
+        synced[temperature] = synced_ms(block), synced_ms(step)
+    for temperature, ((block_wall, block_launch), (step_wall, step_launch)) in synced.items():
+        print(f"T={temperature:g}, replayed with a synchronisation after each (as the decoders run them): "
+              f"block {block_wall:.3f} ms (launch {block_launch:.3f} ms of host time), plain step "
+              f"{step_wall:.3f} ms (launch {step_launch:.3f}); block / plain step {block_wall / step_wall:.2f}")
     whole = wholes[1.0][0]
     parts = (ms["draft first step (2 tokens)"] + (GAMMA - 1) * ms["draft step (1 token)"]
              + GAMMA * ms["sampling one token, T=1 (softmax + draw)"] + ms["target verify (5 tokens)"]
