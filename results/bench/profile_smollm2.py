@@ -12,7 +12,8 @@ Options (added in the fifth session; the defaults are the run above): --draft cu
 SmolLM2's own shape with N blocks (train.py --init-layers N), --shortlist K to give the draft a
 fast_decode.ShortlistHead over K tokens, --block-only to skip (b). Since 2026-12-03 (a) also
 records the whole block and the plain decoder's step at T=0, where both take argmaxes; since
-2026-12-04 it also replays both as the decoders do, with a synchronisation after each (synced_ms).
+2026-12-04 it also replays both as the decoders do, with a synchronisation after each (synced_ms),
+and times the two decoders' own loops on one prompt in the same process.
 """
 
 import argparse
@@ -138,6 +139,23 @@ def block_pieces(draft_name: str = "smollm2-draft-4l", shortlist: int | None = N
         print(f"T={temperature:g}, replayed with a synchronisation after each (as the decoders run them): "
               f"block {block_wall:.3f} ms (launch {block_launch:.3f} ms of host time), plain step "
               f"{step_wall:.3f} ms (launch {step_launch:.3f}); block / plain step {block_wall / step_wall:.2f}")
+    # The same recordings in the decoders' own loops, same process, same caches: a prompt of
+    # CONTEXT - 64 tokens, 64 new ones; wall time of the whole call (its recorded prefill
+    # included) per block and per plain step.
+    prompt, n_new = fill[0, : CONTEXT - 64].tolist(), 64
+    for temperature in (0.0, 1.0):
+        speculative.generate(prompt, 8, GAMMA, temperature)                  # records what is new
+        plain_decoder.generate([prompt], 8, temperature)
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        blocks = len(speculative.generate(prompt, n_new, GAMMA, temperature)[1]["accepted_per_block"])
+        block_ms = (time.perf_counter() - started) * 1e3 / blocks            # generate synchronises at its end
+        started = time.perf_counter()
+        plain_decoder.generate([prompt], n_new, temperature)
+        step_ms = (time.perf_counter() - started) * 1e3 / n_new
+        print(f"T={temperature:g}, in the decoders' loops ({len(prompt)}-token prompt, {n_new} new tokens, "
+              f"{blocks} blocks): {block_ms:.3f} ms per block, {step_ms:.3f} per plain step; "
+              f"block / plain step {block_ms / step_ms:.2f}")
     whole = wholes[1.0][0]
     parts = (ms["draft first step (2 tokens)"] + (GAMMA - 1) * ms["draft step (1 token)"]
              + GAMMA * ms["sampling one token, T=1 (softmax + draw)"] + ms["target verify (5 tokens)"]
