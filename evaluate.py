@@ -2,11 +2,11 @@
 evaluate.py: measuring speculative decoding (PAPER.md section 5), and the results table of the
 recipe.
 
-  evaluate_pair   one (target, draft) pair on a set of prompts at one gamma and temperature:
-                  block efficiency tau (mean over prompts, 95% CI), acceptance rate alpha, the
-                  tau that alpha predicts, MBSU and, given the baseline (plain_tokens_per_s:
-                  plain decoding of the same prompts with the same settings and decode path),
-                  the wall-clock speed-up.
+  evaluate_pair   one (target, draft) pair on a set of prompts at one temperature, for each of
+                  several gammas: block efficiency tau (mean over prompts, 95% CI), acceptance
+                  rate alpha, the tau that alpha predicts, MBSU and, given a plain decoder of the
+                  target, the wall-clock speed-up over plain decoding of the same prompts with
+                  the same settings and decode path, the two timed prompt by prompt, interleaved.
   main            the grid: every draft (pretrained only, one per distillation loss) x every
                   held-out task x gamma x temperature -> results.json, results.md, results.png;
                   results.md also says, per draft, in how many cells its tau's 95% interval
@@ -37,7 +37,7 @@ from data import load_jsonl_prompts
 from distill_data import answer_vocabulary, load_distill_records
 from model import Llama, count_params
 from speculative import (Decoder, SpeculativeDecoder, check_context, check_pair, check_sampling, decoder_slots,
-                         plain_tokens_per_s, warm_up)
+                         timed_plain_run, warm_up)
 from tokenizer import chat_prompt, check_vocab, load_tokenizer
 
 
@@ -67,41 +67,61 @@ def mean_ci95(values: list[float]) -> tuple[float, float]:
     return mean, 1.96 * math.sqrt(variance / n)
 
 
-def evaluate_pair(target: Llama, draft: Llama, prompts: list[list[int]], gamma: int,
+def evaluate_pair(target: Llama, draft: Llama, prompts: list[list[int]], gammas: list[int],
                   temperature: float, max_new_tokens: int, top_k: int | None = None,
-                  top_p: float | None = None, stop_ids=(), seed: int = 0,
-                  baseline_tokens_per_s: float | None = None, graphs: bool = False,
-                  decoder: SpeculativeDecoder | None = None) -> dict:
-    """Speculative decoding over `prompts` (prompt i with a generator seeded seed + i): one row of
-    the results table; with the baseline's tokens/s (plain_tokens_per_s, same prompts and
-    settings), also the wall-clock speed-up. `decoder`: a SpeculativeDecoder of this pair with
-    slots for every prompt and this gamma, to reuse across rows; by default a new one."""
+                  top_p: float | None = None, stop_ids=(), seed: int = 0, plain: Decoder | None = None,
+                  graphs: bool = False, decoder: SpeculativeDecoder | None = None) -> list[dict]:
+    """Speculative decoding over `prompts` (prompt i with a generator seeded seed + i) at each of
+    `gammas`: a row of the results table per gamma. `decoder`: a SpeculativeDecoder of this pair
+    with slots for every prompt and the largest gamma, to reuse across calls; by default a new one.
+
+    With `plain`, a batch-1 Decoder of the target with slots for every prompt, also the wall-clock
+    speed-up over plain decoding of the same prompts with the same settings and seeds, timed
+    INTERLEAVED: prompt by prompt, plain decoding of the prompt runs right before its speculative
+    runs at every gamma. A machine's speed drifts (clocks, caches, a neighbour's load; on a small
+    CPU by tens of percent over minutes), and a baseline timed in one stretch before the gammas
+    puts all of a drift on one side of every ratio; interleaved, both sides see it alike."""
     device = target.device
     speculative = decoder or SpeculativeDecoder(
-        target, draft, decoder_slots(target, draft, prompts, max_new_tokens, gamma), graphs)
-    if baseline_tokens_per_s or graphs:      # graphs are recorded, blocks compiled, on first use
-        warm_up(lambda prompt: speculative.generate(prompt, gamma + 1, gamma, temperature, top_k, top_p), prompts)
-    taus, accepted, tests, tokens, seconds = [], 0, 0, 0, 0.0
+        target, draft, decoder_slots(target, draft, prompts, max_new_tokens, max(gammas)), graphs)
+    sampling = (temperature, top_k, top_p)
+    if plain is not None or graphs:      # graphs are recorded, blocks compiled, on first use
+        if plain is not None:
+            warm_up(lambda prompt: plain.generate([prompt], 2, *sampling), prompts)
+        for gamma in gammas:
+            warm_up(lambda prompt: speculative.generate(prompt, gamma + 1, gamma, *sampling), prompts)
+    plain_tokens, plain_seconds = 0, 0.0
+    runs = {gamma: [] for gamma in gammas}                 # gamma -> [(new tokens, stats)] per prompt
     for i, prompt in enumerate(prompts):
-        generator = torch.Generator(device).manual_seed(seed + i)
-        new, stats = speculative.generate(prompt, max_new_tokens, gamma, temperature, top_k, top_p, stop_ids, generator)
-        taus.append(stats["block_efficiency"])
-        accepted += sum(stats["accepted_per_block"])
-        tests += stats["accept_tests"]
-        tokens, seconds = tokens + new.numel(), seconds + stats["seconds"]
-    tau, ci95 = mean_ci95(taus)
-    alpha = accepted / tests if tests else float("nan")
-    row = {
-        "gamma": gamma, "temperature": temperature, "prompts": len(prompts),
-        "block_efficiency": tau, "ci95": ci95, "acceptance_rate": alpha,
-        "predicted_block_efficiency": predicted_block_efficiency(alpha, gamma),
-        "mbsu": memory_bound_speedup(count_params(target), count_params(draft), tau, gamma),
-        "tokens_per_s": tokens / seconds,
-    }
-    if baseline_tokens_per_s:
-        row["baseline_tokens_per_s"] = baseline_tokens_per_s
-        row["speedup"] = row["tokens_per_s"] / baseline_tokens_per_s
-    return row
+        if plain is not None:
+            n_new, seconds = timed_plain_run(plain, prompt, max_new_tokens, *sampling, stop_ids,
+                                             torch.Generator(device).manual_seed(seed + i))
+            plain_tokens, plain_seconds = plain_tokens + n_new, plain_seconds + seconds
+        for gamma in gammas:
+            generator = torch.Generator(device).manual_seed(seed + i)
+            new, stats = speculative.generate(prompt, max_new_tokens, gamma, *sampling, stop_ids, generator)
+            runs[gamma].append((new.numel(), stats))
+    rows = []
+    for gamma in gammas:
+        taus = [stats["block_efficiency"] for _, stats in runs[gamma]]
+        accepted = sum(sum(stats["accepted_per_block"]) for _, stats in runs[gamma])
+        tests = sum(stats["accept_tests"] for _, stats in runs[gamma])
+        tokens = sum(n_new for n_new, _ in runs[gamma])
+        seconds = sum(stats["seconds"] for _, stats in runs[gamma])
+        tau, ci95 = mean_ci95(taus)
+        alpha = accepted / tests if tests else float("nan")
+        row = {
+            "gamma": gamma, "temperature": temperature, "prompts": len(prompts),
+            "block_efficiency": tau, "ci95": ci95, "acceptance_rate": alpha,
+            "predicted_block_efficiency": predicted_block_efficiency(alpha, gamma),
+            "mbsu": memory_bound_speedup(count_params(target), count_params(draft), tau, gamma),
+            "tokens_per_s": tokens / seconds,
+        }
+        if plain is not None:
+            row["baseline_tokens_per_s"] = plain_tokens / plain_seconds
+            row["speedup"] = row["tokens_per_s"] / row["baseline_tokens_per_s"]
+        rows.append(row)
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------
@@ -295,6 +315,8 @@ def main(argv=None):
     settings = {"target": args.target, "drafts": draft_paths, "prompts": prompt_paths, "n_prompts": args.n_prompts,
                 "max_new_tokens": args.max_new_tokens, "seed": args.seed, "speedup": args.speedup,
                 "dtype": args.dtype, "decode_path": args.decode_path}
+    if args.speedup:        # rows timed with one baseline per (task, T) before its gammas must not mix in
+        settings["baseline"] = "interleaved with the speculative runs, prompt by prompt"
     if args.draft_vocab is not None:
         settings.update(draft_vocab=args.draft_vocab, draft_vocab_data=args.draft_vocab_data)
     rows = load_rows(args.out, settings)
@@ -339,20 +361,19 @@ def main(argv=None):
         for task, task_prompts in prompts.items():
             for temperature in temperatures:
                 todo = [gamma for gamma in gammas if (name, task, gamma, temperature) not in done]
-                # The baseline does not depend on gamma: timed once per (draft, task, T), right
-                # before that draft's gammas, so machine drift hits both alike.
-                baseline = (plain_tokens_per_s(target, task_prompts, args.max_new_tokens, temperature,
-                                               stop_ids=tok.stop_ids, seed=args.seed, decoder=plain)
-                            if args.speedup and todo else None)
-                for gamma in todo:
-                    row = {"draft": name, "task": task, **evaluate_pair(
-                        target, draft, task_prompts, gamma, temperature, args.max_new_tokens, stop_ids=tok.stop_ids,
-                        seed=args.seed, baseline_tokens_per_s=baseline, **options, decoder=speculative)}
-                    report["results"].append(row)
-                    write_atomically(args.out, json.dumps(report, indent=1))
+                if not todo:
+                    continue
+                # The baseline does not depend on gamma: one plain run per prompt, interleaved
+                # with that prompt's speculative runs (evaluate_pair says why).
+                for row in evaluate_pair(target, draft, task_prompts, todo, temperature, args.max_new_tokens,
+                                         stop_ids=tok.stop_ids, seed=args.seed, plain=plain, **options,
+                                         decoder=speculative):
+                    report["results"].append({"draft": name, "task": task, **row})
                     timing = f", speed-up {row['speedup']:.2f}x" if args.speedup else ""
-                    print(f"{name:>12} {task:>10} T={temperature:g} gamma={gamma}: tau {row['block_efficiency']:.2f} "
-                          f"± {row['ci95']:.2f}, alpha {row['acceptance_rate']:.3f}{timing}", flush=True)
+                    print(f"{name:>12} {task:>10} T={temperature:g} gamma={row['gamma']}: tau "
+                          f"{row['block_efficiency']:.2f} ± {row['ci95']:.2f}, alpha {row['acceptance_rate']:.3f}{timing}",
+                          flush=True)
+                write_atomically(args.out, json.dumps(report, indent=1))
     write_tables(report, args.out, gammas)
 
 

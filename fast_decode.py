@@ -14,13 +14,15 @@ GPU needs to run it: the GPU waits for the CPU. Three remedies, each optional:
                     can be recorded: every input and output lives at a fixed address on the device
                     and no step asks the host a question (a prompt too: it goes in as recorded
                     chunks of a fixed length, _Graphs.prefill).
-On a CPU the launches are cheap and the bytes are not; there the remedies are for the few-row
-matrix products of a verify pass (FewRowLinear) and for the draft's LM head (ShortlistHead).
+On a CPU the launches are cheap and the bytes are not; there the remedies are for the BLAS
+library's slow paths through products of one or a few rows, a decode step's and a verify pass's
+(FewRowLinear), and for the draft's LM head (ShortlistHead).
 DECODE_PATHS names the combinations that bench.py compares and the CLIs offer (--decode-path).
 """
 
 import contextlib
 import gc
+import time
 
 import torch
 import torch.nn as nn
@@ -32,35 +34,69 @@ DECODE_PATHS = ("eager", "few-row-matmuls") + GPU_PATHS
 
 
 class FewRowLinear(nn.Linear):
-    """nn.Linear whose product, for 2 to FEW_ROWS rows of input, is computed as (W x^T)^T.
+    """nn.Linear whose product, for 1 to FEW_ROWS rows of input, is computed as (W x^T)^T.
 
     The same numbers as x W^T up to rounding, but not the same work for the BLAS library. A
     verify pass multiplies gamma + 1 rows by every weight matrix. Asked for x W^T with a few
     rows, MKL on a CPU takes a general matrix-product path that costs several times the 1-row
-    product (a matrix-vector product, which just streams W once); asked for W x^T -- a tall
-    matrix times a few columns -- it streams W once again (BENCHMARKS.md section 0b has the
-    timings). That is one CPU's BLAS: on another 2-core machine the plain few-row product was
-    the fast one and this form 3x slower (also section 0b), so time both before choosing the
-    path. With more rows (training, prefill) the usual product is the right one, and with one
-    row (a plain decode step) both forms are the same matrix-vector product: the library's own
-    is kept, so plain decoding computes the same on this path as on eager."""
+    product; asked for W x^T -- a tall matrix times a few columns -- it streams W once, on every
+    core (BENCHMARKS.md sections 0b and 0f have the timings). Two details decide whether it does:
+      - x must be row-major, so that x^T is a transposed view: the same product with x^T stored
+        column by column took 3.4 times as long on the CPU of section 0f. The output (W x^T)^T is
+        such a transposed view, so it is made contiguous before the next layer reads it.
+      - one row. W x^T with one column is a matrix-vector product, another routine; on some CPUs
+        it streams W at less than half the speed of the 2-column product (section 0f: a whole
+        SmolLM2 step 40 ms against 22 ms). `one_row_as_two` then gives the row twice and keeps
+        one copy of the result; few_row_matmuls decides it per model by timing a step both ways,
+        so that plain decoding on this path is never slower than on the library's own products.
+    With more rows (training, prefill) the usual product is the right one."""
     FEW_ROWS = 16       # above any verify pass here (gamma + 1 rows); wider products were not measured
+    one_row_as_two = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
-        if rows == 1 or rows > self.FEW_ROWS:
+        if rows > self.FEW_ROWS or (rows == 1 and not self.one_row_as_two):
             return super().forward(x)
-        flat = x.reshape(rows, x.shape[-1])                                    # (rows, in)
-        return (self.weight @ flat.T).T.reshape(*x.shape[:-1], self.out_features)   # (..., out)
+        flat = x.reshape(rows, x.shape[-1]).contiguous()                      # (rows, in), row-major
+        if rows == 1:
+            flat = torch.cat([flat, flat])                                     # (2, in): the row twice
+        out = (self.weight @ flat.T).T[:rows].contiguous()                    # (rows, out)
+        return out.view(*x.shape[:-1], self.out_features)                    # (..., out)
 
 
-def few_row_matmuls(model: Llama) -> Llama:
+def few_row_matmuls(model: Llama, one_row_as_two: bool | None = None) -> Llama:
     """Make every bias-free nn.Linear of the model (all of a Llama's) a FewRowLinear, in place:
-    same parameters, same state_dict, only the forward changes."""
-    for module in model.modules():
-        if type(module) is nn.Linear and module.bias is None:
-            module.__class__ = FewRowLinear
+    same parameters, same state_dict, only the forward changes. one_row_as_two: how 1-row
+    products are taken (FewRowLinear); None: whichever makes a decode step of this model faster
+    on a CPU, timed here (faster_as_two_rows), and the library's own on a GPU."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m.bias is None]
+    for module in linears:
+        module.__class__ = FewRowLinear
+    if one_row_as_two is None:
+        one_row_as_two = model.device.type == "cpu" and faster_as_two_rows(model, linears)
+    for module in linears:
+        module.one_row_as_two = one_row_as_two
     return model
+
+
+@torch.no_grad()
+def faster_as_two_rows(model: Llama, linears: list[FewRowLinear], repeats: int = 7) -> bool:
+    """Is a 1-token decode step of the model faster with its 1-row products taken as 2-row ones?
+    Median of `repeats` steps each way, the two ways alternating so that a drift of the machine's
+    speed hits both, after one untimed step each."""
+    cache = model.new_cache(1, 64)
+    token = torch.zeros(1, 1, dtype=torch.long, device=model.device)
+    slot = torch.zeros(1, dtype=torch.long, device=model.device)
+    seconds = {False: [], True: []}
+    for _ in range(repeats + 1):
+        for as_two in (False, True):
+            for module in linears:
+                module.one_row_as_two = as_two
+            started = time.perf_counter()
+            model(token, cache, slot)
+            seconds[as_two].append(time.perf_counter() - started)
+    median = {as_two: sorted(times[1:])[repeats // 2] for as_two, times in seconds.items()}
+    return median[True] < median[False]
 
 
 class ShortlistHead(nn.Module):

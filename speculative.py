@@ -523,12 +523,20 @@ def plain_tokens_per_s(target: Llama, prompts: list[list[int]], max_new_tokens: 
     tokens = seconds = 0.0
     for i, prompt in enumerate(prompts):
         generator = torch.Generator(target.device).manual_seed(seed + i)
-        synchronize(target.device)
-        started = time.perf_counter()
-        tokens += len(plain.generate([prompt], max_new_tokens, temperature, top_k, top_p, stop_ids, generator)[0])
-        synchronize(target.device)
-        seconds += time.perf_counter() - started
+        n_new, run_seconds = timed_plain_run(plain, prompt, max_new_tokens, temperature, top_k, top_p, stop_ids, generator)
+        tokens, seconds = tokens + n_new, seconds + run_seconds
     return tokens / seconds
+
+
+def timed_plain_run(plain: Decoder, prompt: list[int], max_new_tokens: int, temperature: float,
+                    top_k: int | None, top_p: float | None, stop_ids, generator) -> tuple[int, float]:
+    """(new tokens, seconds) of plain decoding of one prompt with a batch-1 Decoder, timed as
+    SpeculativeDecoder.generate times itself: from an idle GPU to the last token on the host."""
+    synchronize(plain.model.device)
+    started = time.perf_counter()
+    n_new = len(plain.generate([prompt], max_new_tokens, temperature, top_k, top_p, stop_ids, generator)[0])
+    synchronize(plain.model.device)
+    return n_new, time.perf_counter() - started
 
 
 # ----------------------------------------------------------------------------------------------

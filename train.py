@@ -499,8 +499,8 @@ def evaluate(run: Run) -> dict:
     result = {"eval_loss": total / max(weight, 1)}
     if run.eval_pair is not None:
         target, prompts = run.eval_pair
-        stats = evaluate_pair(target, run.model, prompts, run.args.eval_gamma, 1.0, run.args.eval_max_new_tokens,
-                              stop_ids=run.tok.stop_ids, seed=run.args.seed)
+        [stats] = evaluate_pair(target, run.model, prompts, [run.args.eval_gamma], 1.0, run.args.eval_max_new_tokens,
+                                stop_ids=run.tok.stop_ids, seed=run.args.seed)
         result["block_efficiency"], result["acceptance_rate"] = stats["block_efficiency"], stats["acceptance_rate"]
     run.model.train()
     return result

@@ -298,7 +298,7 @@ def test_evaluate_reuses_one_decoder_per_model_and_measures_as_fresh_ones_do(pat
                     for task, file in (("short", paths["prompts"]), ("long", str(long_prompts)))}
     assert len(set(map(len, task_prompts["long"] + task_prompts["short"]))) > 1
     for row in rows:
-        fresh = evaluate.evaluate_pair(load_model(str(tmp_path / "target")), load_model(str(tmp_path / row["draft"])),
-                                       task_prompts[row["task"]], row["gamma"], row["temperature"], 4,
-                                       stop_ids=tok.stop_ids, seed=0)
+        [fresh] = evaluate.evaluate_pair(load_model(str(tmp_path / "target")), load_model(str(tmp_path / row["draft"])),
+                                         task_prompts[row["task"]], [row["gamma"]], row["temperature"], 4,
+                                         stop_ids=tok.stop_ids, seed=0)
         assert (row["block_efficiency"], row["acceptance_rate"]) == (fresh["block_efficiency"], fresh["acceptance_rate"])

@@ -289,10 +289,12 @@ def test_cuda_graph_records_with_the_garbage_collector_paused(monkeypatch):
         (gc.enable if was_enabled else gc.disable)()
 
 
-def test_few_row_matmuls_change_nothing_but_the_product(tmp_path, monkeypatch):
+@pytest.mark.parametrize("one_row_as_two", [False, True])
+def test_few_row_matmuls_change_nothing_but_the_product(tmp_path, monkeypatch, one_row_as_two):
     """few_row_matmuls: every linear layer computes (W x^T)^T for a few rows and x W^T for many
     (nn.Linear's own forward runs only then), with the same logits (full pass: many rows; cached
-    decoding: few), the same parameters, and a checkpoint that loads as a plain model."""
+    decoding: few), the same parameters, and a checkpoint that loads as a plain model. One row
+    goes to the library's own product, or with one_row_as_two as two rows in the transposed form."""
     from checkpoints import load_model, save_model
     from fast_decode import FewRowLinear, few_row_matmuls
     model = random_model()
@@ -304,8 +306,9 @@ def test_few_row_matmuls_change_nothing_but_the_product(tmp_path, monkeypatch):
                         lambda self, x: (usual_rows.append(x.numel() // x.shape[-1]), usual(self, x))[1])
     with torch.no_grad():
         full, cached = model(tokens), decode_in_chunks(model, tokens, [5, 1, 1, 3, 2])
-        few_row_matmuls(model)
-        assert all(type(m) is FewRowLinear for m in model.modules() if isinstance(m, torch.nn.Linear))
+        few_row_matmuls(model, one_row_as_two)
+        assert all(type(m) is FewRowLinear and m.one_row_as_two == one_row_as_two
+                   for m in model.modules() if isinstance(m, torch.nn.Linear))
         usual_rows.clear()
         torch.testing.assert_close(decode_in_chunks(model, tokens, [5, 1, 1, 3, 2]), cached, atol=ATOL, rtol=0)
         assert usual_rows == []                                    # at most 10 rows: all (W x^T)^T
@@ -314,15 +317,40 @@ def test_few_row_matmuls_change_nothing_but_the_product(tmp_path, monkeypatch):
         x = torch.randn(3, 2, model.config.dim)                        # 6 rows: the (W x^T)^T branch
         layer = model.layers[0].feed_forward.w1
         torch.testing.assert_close(layer(x), x @ layer.weight.T, atol=ATOL, rtol=0)
+        assert layer(x).is_contiguous() and layer(x.transpose(0, 1)).is_contiguous()
+        torch.testing.assert_close(layer(x.transpose(0, 1)), x.transpose(0, 1) @ layer.weight.T, atol=ATOL, rtol=0)
+        one = torch.randn(1, 1, model.config.dim)
+        torch.testing.assert_close(layer(one), one @ layer.weight.T, atol=ATOL, rtol=0)
+        assert layer(one).shape == (1, 1, layer.out_features) and layer(one).is_contiguous()
         usual_rows.clear()
         torch.testing.assert_close(decode_in_chunks(model, tokens[:1, :7], [5, 1, 1]), cached[:1, :7], atol=ATOL, rtol=0)
         linears = 7 * model.config.n_layers + 1                    # wq wk wv wo w1 w2 w3 per block, the head
-        assert usual_rows == [1] * 2 * linears                     # one row: the library's own product
+        assert usual_rows == ([] if one_row_as_two else [1] * 2 * linears)   # one row: the library's product?
     assert model.state_dict().keys() == state.keys()
     assert all(torch.equal(model.state_dict()[name], p) for name, p in state.items())
     save_model(model, tmp_path)
     with torch.no_grad():
         torch.testing.assert_close(load_model(tmp_path)(tokens), full, atol=ATOL, rtol=0)
+
+
+def test_few_row_matmuls_takes_one_row_the_way_that_makes_a_step_faster(monkeypatch):
+    """few_row_matmuls(model) with no choice given times a 1-token step both ways on a CPU and
+    keeps the faster one: here each way is made slow in turn (a sleep in its 1-row product)."""
+    import time
+    from fast_decode import FewRowLinear, few_row_matmuls
+    forward = FewRowLinear.forward
+
+    def slowed(slow_as_two: bool):
+        def slow_forward(self, x):
+            if x.numel() == x.shape[-1] and self.one_row_as_two == slow_as_two:
+                time.sleep(0.002)
+            return forward(self, x)
+        return slow_forward
+
+    for slow_as_two in (False, True):
+        monkeypatch.setattr(FewRowLinear, "forward", slowed(slow_as_two))
+        model = few_row_matmuls(random_model())
+        assert {m.one_row_as_two for m in model.modules() if isinstance(m, torch.nn.Linear)} == {not slow_as_two}
 
 
 @pytest.mark.parametrize("path", ["eager", "few-row-matmuls"])

@@ -33,8 +33,9 @@ from fast_decode import apply_decode_path, shortlist_head
 from model import Llama, count_params, get_config
 from evaluate import (ci_gaps, evaluate_pair, mean_ci95, memory_bound_speedup, predicted_block_efficiency,
                       separation_lines)
-from speculative import (block_stats, generate, generate_batch, plain_tokens_per_s, sample, sample_probs,
-                         sample_token, speculative_generate, verify, verify_greedy)
+from speculative import (Decoder, SpeculativeDecoder, block_stats, decoder_slots, generate, generate_batch,
+                         plain_tokens_per_s, sample, sample_probs, sample_token, speculative_generate, verify,
+                         verify_greedy)
 
 SIGNIFICANCE = 0.001   # chi-square tests: a correct implementation fails 1 time in 1000 seeds
 
@@ -280,7 +281,6 @@ def test_a_prefill_in_chunks_writes_what_one_call_writes(chunk, expected_firsts)
     slots from the first, the last one moved back to end at the decoder's last slot (C=8: 0..7,
     then 5..12, not 8..15) or the whole cache when C exceeds it (C=50); the same keys and values
     in the prompt's slots as one call, so the same tokens greedy and sampled."""
-    from speculative import Decoder, SpeculativeDecoder
     target = random_model(0, vocab_size=32)
     draft = perturbed_copy(target, noise=0.3)
     prompts = [[5, 1, 4, 1, 5, 9, 2, 6, 5, 3], [7, 2], [3, 9, 2, 8]]         # P = 10: prefill slots 0..8
@@ -688,23 +688,46 @@ def test_mean_ci95_by_hand():
 def test_evaluate_pair_pools_runs_seeded_per_prompt():
     target = random_model(0, vocab_size=16)
     draft = perturbed_copy(target, noise=0.3)
-    prompts, gamma = [[1], [2, 3], [4, 5, 6]], 2
-    baseline = plain_tokens_per_s(target, prompts, 10, 1.0, seed=7)
-    assert baseline > 0
-    result = evaluate_pair(target, draft, prompts, gamma, 1.0, 10, seed=7, baseline_tokens_per_s=baseline)
-    runs = [speculative_generate(target, draft, prompt, 10, gamma, 1.0,
-                                 generator=torch.Generator().manual_seed(7 + i))[1]   # seed + prompt index
-            for i, prompt in enumerate(prompts)]
-    taus = [run["block_efficiency"] for run in runs]
-    blocks = [n for run in runs for n in run["accepted_per_block"]]
-    alpha = sum(blocks) / sum(n + 1 if n < gamma else n for n in blocks)
-    assert result["block_efficiency"] == pytest.approx(sum(taus) / 3)
-    assert result["ci95"] == pytest.approx(mean_ci95(taus)[1])
-    assert result["acceptance_rate"] == pytest.approx(alpha)
-    assert result["predicted_block_efficiency"] == pytest.approx(predicted_block_efficiency(alpha, gamma))
-    assert result["mbsu"] == pytest.approx(memory_bound_speedup(count_params(target), count_params(draft),
-                                                                result["block_efficiency"], gamma))
-    assert result["speedup"] == pytest.approx(result["tokens_per_s"] / baseline)
+    prompts, gammas = [[1], [2, 3], [4, 5, 6]], [2, 3]
+    plain = Decoder(target, 1, decoder_slots(target, None, prompts, 10))
+    results = evaluate_pair(target, draft, prompts, gammas, 1.0, 10, seed=7, plain=plain)
+    assert [result["gamma"] for result in results] == gammas
+    for gamma, result in zip(gammas, results):
+        runs = [speculative_generate(target, draft, prompt, 10, gamma, 1.0,
+                                     generator=torch.Generator().manual_seed(7 + i))[1]   # seed + prompt index
+                for i, prompt in enumerate(prompts)]
+        taus = [run["block_efficiency"] for run in runs]
+        blocks = [n for run in runs for n in run["accepted_per_block"]]
+        alpha = sum(blocks) / sum(n + 1 if n < gamma else n for n in blocks)
+        assert result["block_efficiency"] == pytest.approx(sum(taus) / 3)
+        assert result["ci95"] == pytest.approx(mean_ci95(taus)[1])
+        assert result["acceptance_rate"] == pytest.approx(alpha)
+        assert result["predicted_block_efficiency"] == pytest.approx(predicted_block_efficiency(alpha, gamma))
+        assert result["mbsu"] == pytest.approx(memory_bound_speedup(count_params(target), count_params(draft),
+                                                                    result["block_efficiency"], gamma))
+        assert result["baseline_tokens_per_s"] == results[0]["baseline_tokens_per_s"] > 0    # one baseline per call
+        assert result["speedup"] == pytest.approx(result["tokens_per_s"] / result["baseline_tokens_per_s"])
+
+
+def test_evaluate_pair_times_plain_and_speculative_decoding_prompt_by_prompt(monkeypatch):
+    # The baseline is interleaved with the speculative runs: after the untimed warm-up, each
+    # prompt is decoded plainly (with its seed, the full length) right before its speculative
+    # runs at every gamma, so drift of the machine's speed reaches both sides of the ratio.
+    target = random_model(0, vocab_size=16)
+    draft = perturbed_copy(target, noise=0.3)
+    prompts, gammas = [[1], [2, 3], [4, 5, 6]], [1, 3]
+    calls = []
+    real_plain, real_speculative = Decoder.generate, SpeculativeDecoder.generate
+    monkeypatch.setattr(Decoder, "generate", lambda self, rows, n, *a, **k:
+                        calls.append(("plain", rows[0], n)) or real_plain(self, rows, n, *a, **k))
+    monkeypatch.setattr(SpeculativeDecoder, "generate", lambda self, prompt, n, gamma, *a, **k:
+                        calls.append((f"gamma {gamma}", prompt, n)) or real_speculative(self, prompt, n, gamma, *a, **k))
+    plain = Decoder(target, 1, decoder_slots(target, None, prompts, 10))
+    evaluate_pair(target, draft, prompts, gammas, 1.0, 10, seed=7, plain=plain)
+    timed = [call for call in calls if call[2] == 10]
+    assert timed == [(kind, prompt, 10) for prompt in prompts for kind in ("plain", "gamma 1", "gamma 3")]
+    assert calls[: len(calls) - len(timed)] == ([("plain", p, 2) for p in prompts] + [("gamma 1", p, 2) for p in prompts]
+                                                + [("gamma 3", p, 4) for p in prompts])   # the warm-up, first
 
 
 def test_ci_gaps_compare_each_draft_with_the_pretrained_one_cell_by_cell():
@@ -731,12 +754,13 @@ def test_every_prompt_is_warmed_up_before_the_clock_starts():
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9] * 8]
     prefills = []
     target.register_forward_hook(lambda module, inputs, output: prefills.append(inputs[0].shape[1]))
-    baseline = plain_tokens_per_s(target, prompts, 4, 1.0, seed=7)
+    plain_tokens_per_s(target, prompts, 4, 1.0, seed=7)
     expected = sorted(2 * [len(p) - 1 for p in prompts])
     assert sorted(n for n in prefills if n > 1) == expected
     prefills.clear()
-    evaluate_pair(target, draft, prompts, 2, 1.0, 4, seed=7, baseline_tokens_per_s=baseline)
-    assert sorted(n for n in prefills if n not in (1, 3)) == expected
+    evaluate_pair(target, draft, prompts, [2], 1.0, 4, seed=7, plain=Decoder(target, 1, decoder_slots(target, None, prompts, 4)))
+    # Every prompt's target prefill twice for the plain decoder and twice for the speculative one.
+    assert sorted(n for n in prefills if n not in (1, 3)) == sorted(2 * expected)
 
 
 def test_timed_runs_after_the_warm_up_compile_nothing():
@@ -748,7 +772,6 @@ def test_timed_runs_after_the_warm_up_compile_nothing():
     from torch._dynamo.utils import counters
     from speculative import warm_up
     from fast_decode import compile_blocks
-    from speculative import Decoder, SpeculativeDecoder
     target, draft = random_model(0, vocab_size=32), random_model(1, vocab_size=32, n_layers=1)
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9] * 8, [3] * 11, [5] * 6]
 
