@@ -37,7 +37,7 @@ case "$PRESET" in
     : "${SETTINGS_PER_PROMPT:=1}" "${GEN_BATCH:=256}" "${MAX_NEW:=192}" "${DRAFT:=gpu-draft}"
     : "${EVAL_GAMMAS:=1,2,4,6}" "${EVAL_PROMPTS:=10}" "${EVAL_MAX_NEW:=128}" "${DEVICE:=cuda}" "${CKPT_INTERVAL:=500}"
     : "${DECODE_PATH:=graphs}" "${EVAL_FLAGS:=}" ;;
-  smollm2)  # the real chat model; one H200: 11.8 minutes (README); on a GPU the fastest decode path
+  smollm2)  # the real chat model; one H200: 9.6 minutes (README); on a GPU the fastest decode path
     # DRAFT_FROM_TARGET=N: the draft starts as the target's embedding, first N blocks and head
     # (README, the headline experiment); a trained model needs smaller steps than a random one.
     # DRAFT_FROM_TARGET=0: a draft from scratch, the preset $DRAFT.
