@@ -42,7 +42,7 @@ class FewRowLinear(nn.Linear):
     product; asked for W x^T -- a tall matrix times a few columns -- it streams W once, on every
     core (BENCHMARKS.md sections 0b and 0f have the timings). Two details decide whether it does:
       - x must be row-major, so that x^T is a transposed view: the same product with x^T stored
-        column by column took 3.4 times as long on the CPU of section 0f. The output (W x^T)^T is
+        column by column took 3.5 times as long on the CPU of section 0f. The output (W x^T)^T is
         such a transposed view, so it is made contiguous before the next layer reads it.
       - one row. W x^T with one column is a matrix-vector product, another routine; on some CPUs
         it streams W at less than half the speed of the 2-column product (section 0f: a whole
