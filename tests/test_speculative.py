@@ -716,18 +716,36 @@ def test_evaluate_pair_times_plain_and_speculative_decoding_prompt_by_prompt(mon
     target = random_model(0, vocab_size=16)
     draft = perturbed_copy(target, noise=0.3)
     prompts, gammas = [[1], [2, 3], [4, 5, 6]], [1, 3]
-    calls = []
+    calls, seeds = [], []       # seeds: the timed runs' generators (sampling, stop ids, generator follow n)
     real_plain, real_speculative = Decoder.generate, SpeculativeDecoder.generate
-    monkeypatch.setattr(Decoder, "generate", lambda self, rows, n, *a, **k:
-                        calls.append(("plain", rows[0], n)) or real_plain(self, rows, n, *a, **k))
-    monkeypatch.setattr(SpeculativeDecoder, "generate", lambda self, prompt, n, gamma, *a, **k:
-                        calls.append((f"gamma {gamma}", prompt, n)) or real_speculative(self, prompt, n, gamma, *a, **k))
+    monkeypatch.setattr(Decoder, "generate", lambda self, rows, n, *a, **k: (
+        calls.append(("plain", rows[0], n)), len(a) > 4 and seeds.append(a[4].initial_seed()),
+        real_plain(self, rows, n, *a, **k))[-1])
+    monkeypatch.setattr(SpeculativeDecoder, "generate", lambda self, prompt, n, gamma, *a, **k: (
+        calls.append((f"gamma {gamma}", prompt, n)), len(a) > 4 and seeds.append(a[4].initial_seed()),
+        real_speculative(self, prompt, n, gamma, *a, **k))[-1])
     plain = Decoder(target, 1, decoder_slots(target, None, prompts, 10))
     evaluate_pair(target, draft, prompts, gammas, 1.0, 10, seed=7, plain=plain)
     timed = [call for call in calls if call[2] == 10]
     assert timed == [(kind, prompt, 10) for prompt in prompts for kind in ("plain", "gamma 1", "gamma 3")]
+    assert seeds == [7 + i for i in range(len(prompts)) for _ in range(3)]     # prompt i: seed + i, both sides
     assert calls[: len(calls) - len(timed)] == ([("plain", p, 2) for p in prompts] + [("gamma 1", p, 2) for p in prompts]
                                                 + [("gamma 3", p, 4) for p in prompts])   # the warm-up, first
+
+
+def test_evaluate_pair_baseline_is_every_plain_token_over_every_plain_second(monkeypatch):
+    # The baseline pools the plain runs as the speculative side pools its own: total new tokens
+    # over total seconds (not a mean of per-prompt rates), one figure for every gamma's row.
+    import evaluate
+    target = random_model(0, vocab_size=16)
+    draft = perturbed_copy(target, noise=0.3)
+    prompts = [[1], [2, 3], [4, 5, 6]]
+    runs = iter([(10, 0.5), (4, 0.1), (6, 0.4)])                       # (new tokens, seconds) per prompt
+    monkeypatch.setattr(evaluate, "timed_plain_run", lambda *args: next(runs))
+    plain = Decoder(target, 1, decoder_slots(target, None, prompts, 10))
+    rows = evaluate_pair(target, draft, prompts, [1, 2], 1.0, 10, seed=7, plain=plain)
+    assert [row["baseline_tokens_per_s"] for row in rows] == [pytest.approx(20 / 1.0)] * 2
+    assert all(row["speedup"] == pytest.approx(row["tokens_per_s"] / 20) for row in rows)
 
 
 def test_ci_gaps_compare_each_draft_with_the_pretrained_one_cell_by_cell():
