@@ -5,7 +5,7 @@ The .txt beside it holds three runs of this command (2026-12-06, a 2-core AMD EP
 25, lscpu in draft_steps_cpu_lscpu.txt); they spread by up to 2x on this shared machine.
 README's draft table quotes it.
 
-    PYTHONPATH=. python results/bench/draft_steps_cpu.py | tee results/bench/draft_steps_cpu.txt
+    for run in 1 2 3; do PYTHONPATH=. python results/bench/draft_steps_cpu.py; done | tee results/bench/draft_steps_cpu.txt
 """
 import sys
 from dataclasses import replace
