@@ -171,7 +171,8 @@ def fuse_projections(model: Llama) -> Llama:
 
 
 def compile_blocks(model: Llama, backend: str = "inductor") -> Llama:
-    """torch.compile every transformer block of the model, in place, for decoding.
+    """torch.compile every transformer block of the model, in place, for decoding, and beside
+    them the final norm and the RoPE angles and mask of a cached call (Llama.cache_inputs).
 
     Compiling block by block ("regional compilation") rather than the whole forward: the blocks
     are one piece of code with different weights, and torch.compile treats a module's weights as
@@ -190,6 +191,12 @@ def compile_blocks(model: Llama, backend: str = "inductor") -> Llama:
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     for layer in model.layers:
         layer.compile(fullgraph=True, backend=backend)
+    # The work around the blocks too: the final norm and a cached call's RoPE angles and mask
+    # (Llama.cache_inputs), each a handful of small kernels eagerly and one or two compiled. At
+    # batch 1 a kernel costs a few microseconds whatever its size, so this makes a small draft's
+    # step cheaper by a larger share than the target's (BENCHMARKS.md section 0h).
+    model.norm.compile(fullgraph=True, backend=backend)
+    model.cache_inputs = torch.compile(model.cache_inputs, fullgraph=True, backend=backend)
     return model
 
 

@@ -363,9 +363,7 @@ class Llama(nn.Module):
                 raise ValueError(f"sequence of {T} tokens exceeds max_seq_len={self.config.max_seq_len}")
             cos, sin, mask = self.rope_cos[:T], self.rope_sin[:T], None         # (T, hd/2)
         else:
-            positions = cache.positions(input_pos)                              # (B, T)
-            cos, sin = self.rope_cos[positions], self.rope_sin[positions]        # (B, T, hd/2)
-            mask = cache.attention_mask(input_pos)                              # (B, 1, T, S)
+            cos, sin, mask = self.cache_inputs(cache, input_pos)    # (B, T, hd/2) twice, (B, 1, T, S)
         cos, sin = cos.unsqueeze(-3), sin.unsqueeze(-3)                          # broadcast over heads
         x = self.tok_embeddings(tokens)                                         # (B, T, dim)
         kv_caches = zip(cache.k, cache.v) if cache is not None else [None] * len(self.layers)
@@ -374,6 +372,14 @@ class Llama(nn.Module):
         if keep is not None:
             x = x.flatten(0, 1)[keep]                                           # (N, dim)
         return self.output(self.norm(x))                                        # (B, T, vocab_size) or (N, vocab_size)
+
+    def cache_inputs(self, cache: KVCache, input_pos: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """What every block needs to decode the tokens at the cache slots input_pos (T,): their
+        RoPE angles cos and sin, (B, T, head_dim/2) each, and the attention mask (B, 1, T, S).
+        A method of its own so that fast_decode.compile_blocks can compile it like a block: its
+        dozen small operations are a dozen kernels per model call otherwise."""
+        positions = cache.positions(input_pos)                                  # (B, T)
+        return self.rope_cos[positions], self.rope_sin[positions], cache.attention_mask(input_pos)
 
     def prefill(self, tokens: torch.Tensor, cache: KVCache, input_pos: torch.Tensor) -> None:
         """Write the keys and values of a prompt's tokens (B, T) into the cache slots input_pos,
