@@ -8,10 +8,12 @@
 # brought back gzipped); the prompts are the same world's (data.py --preset gpu --seed 0).
 # Run one step after the other with nothing else on the machine: every step times something.
 #   DRAFT=kld STEPS="1 2" bash results/smollm2-gpu-2026-12-04b/cpu_commands.sh
+# Another run's drafts: R=<its run directory> D=<where its results go>, as on 2026-12-07:
+#   R=runs/smollm2-cpu7 D=results/smollm2-gpu-2026-12-07/cpu STEPS="2 3" bash results/smollm2-gpu-2026-12-04b/cpu_commands.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 G=models/SmolLM2-135M-Instruct.Q4_1.gguf R=${R:-runs/smollm2-gpu}
-DRAFT=${DRAFT:-lk_hybrid-1200} D=results/smollm2-gpu-2026-12-04b/cpu STEPS=" ${STEPS:-1 2 3} "
+DRAFT=${DRAFT:-lk_hybrid-1200} D=${D:-results/smollm2-gpu-2026-12-04b/cpu} STEPS=" ${STEPS:-1 2 3} "
 step() { [[ $STEPS == *" $1 "* ]]; }
 mkdir -p $D
 [ -f $R/world/eval_story.jsonl ] || python data.py --preset gpu --seed 0 --out $R/world
