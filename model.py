@@ -376,8 +376,8 @@ class Llama(nn.Module):
     def cache_inputs(self, cache: KVCache, input_pos: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """What every block needs to decode the tokens at the cache slots input_pos (T,): their
         RoPE angles cos and sin, (B, T, head_dim/2) each, and the attention mask (B, 1, T, S).
-        A method of its own so that fast_decode.compile_blocks can compile it like a block: its
-        dozen small operations are a dozen kernels per model call otherwise."""
+        A method of its own so that fast_decode.compile_blocks can compile it like a block:
+        eagerly each of its small operations is a kernel of its own, at every model call."""
         positions = cache.positions(input_pos)                                  # (B, T)
         return self.rope_cos[positions], self.rope_sin[positions], cache.attention_mask(input_pos)
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The device calls of 2026-12-07 after results/bench/session_2026-12-07.sh's call 1 (one H100, the
-# machine kept warm between calls), as run from the repository root there. That script's calls 2
-# and 3 (the whole preset) did not fit the device time left; these did. CALL=a..d.
+# The device calls of 2026-12-07 after results/bench/session_2026-12-07.sh (one H100, the machine
+# kept warm between calls), as run from the repository root there: the whole preset did not fit
+# the device time left; these did. CALL=a..d.
 #   a: the block profile again, the code before the change first (call1/profile_*_repeat.log);
 #   b: part 1 of the GGUF to /tmp (carried in .carry/p0), and the 2-block cut's profile;
 #   c: the GGUF joined (part 2 in .carry/p1); the preset with one loss and 1,200 distillation
