@@ -363,7 +363,7 @@ class Llama(nn.Module):
                 raise ValueError(f"sequence of {T} tokens exceeds max_seq_len={self.config.max_seq_len}")
             cos, sin, mask = self.rope_cos[:T], self.rope_sin[:T], None         # (T, hd/2)
         else:
-            cos, sin, mask = self.cache_inputs(cache, input_pos)    # (B, T, hd/2) twice, (B, 1, T, S)
+            cos, sin, mask = self.cache_inputs(cache, input_pos)                # (B, T, hd/2) x2, (B, 1, T, S)
         cos, sin = cos.unsqueeze(-3), sin.unsqueeze(-3)                          # broadcast over heads
         x = self.tok_embeddings(tokens)                                         # (B, T, dim)
         kv_caches = zip(cache.k, cache.v) if cache is not None else [None] * len(self.layers)
