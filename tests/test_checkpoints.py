@@ -3,7 +3,7 @@
 The Hugging Face and Meta directories are written here BY HAND, the way those tools write them,
 with the q/k row permutation transcribed independently of checkpoints.py (explicit row arithmetic),
 so a wrong permutation, renaming or shard split shows up as different logits.
-(results/verify_hf.py checks the same against the real transformers library.)
+(tools/verify_hf.py checks the same against the real transformers library.)
 """
 import json
 from dataclasses import replace

@@ -4,7 +4,7 @@ byte-level BPE vocabulary and ChatML template, export_gguf round trips, and ever
 Every file here is written by the tests with the `gguf` package's own writer. The last tests use
 the real SmolLM2-135M-Instruct GGUF when it is present (`python fetch_model.py` puts it in
 models/; they are skipped otherwise) and compare with a fixture recorded once with Hugging Face
-transformers (tests/fixtures/smollm2_reference.json, written by results/gguf/record_reference.py).
+transformers (tests/fixtures/smollm2_reference.json, written by tools/record_reference.py).
 """
 
 import json
@@ -22,7 +22,7 @@ from gguf import GGMLQuantizationType as Q
 
 from checkpoints import GGUF_NAMES, _inverse, _rename, _stored_state, export_gguf, load_model
 from model import Llama, ModelConfig
-from speculative import check_pair, generate
+from speculative import Decoder, check_pair
 from tokenizer import GPT2_SPLIT_PATTERN, chat_example, chat_prompt, gpt2_byte_alphabet, load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -395,7 +395,8 @@ def test_smollm2_digits_after_whitespace_follow_its_own_pre_tokenizer(reference)
 def test_smollm2_greedy_tokens_match_transformers(reference):
     model = load_model(SMOLLM2)
     greedy = reference["model"]["greedy_generate"]
-    tokens = generate(model, greedy["input_ids"], len(greedy["new_ids"]), temperature=0.0)
+    prompt, n_new = greedy["input_ids"], len(greedy["new_ids"])
+    tokens = torch.tensor(Decoder(model, 1, len(prompt) + n_new).generate([prompt], n_new, temperature=0.0)[0])
     assert tokens.tolist() == greedy["new_ids"]
 
 

@@ -274,7 +274,7 @@ def test_zero_with_zero_gradient_when_draft_equals_target(name):
 
 def test_tvdpp_datatoken_has_no_gradient_once_the_draft_underestimates_every_data_token():
     # documented behaviour, the reason the data-token reading of TVD++ stalls far from the target
-    # (losses.py section 3, docs/lab-notes.md): data tokens written by the target at low temperature are
+    # (losses.py section 3, docs/findings.md): data tokens written by the target at low temperature are
     # its most likely tokens, a draft flatter than the target gives each of them less
     # probability (every reward 1), std(r) = 0, every advantage 0 -- however far q is from p.
     # KLD, TVD++ (exact, per position) and the LK losses still pull such a draft toward the

@@ -1,0 +1,77 @@
+"""Why a 5-token verify of SmolLM2 costs more than a 1-token step on one GPU: their kernels, by name.
+
+    python tools/verify_kernels.py
+
+SmolLM2-135M with random bf16 weights on fused+compile+graphs, 256 tokens in the cache: the
+kernels of one call of each (torch.profiler), those whose counts differ listed by name; then
+both calls recorded and replayed with the attention mask as the KV cache makes it (bool) and as
+an additive float mask (0 / -inf in the cache's dtype, made once per call), to see whether the
+mask is the cost. Needs a CUDA GPU. Recorded in results/bench/verify_kernels.log (one H200).
+"""
+import argparse
+import os
+import sys
+from collections import Counter
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root's modules
+
+CONTEXT = 256
+
+
+def kernel_names(fn) -> Counter:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return Counter({e.key: e.count for e in prof.key_averages() if e.self_device_time_total > 0})
+
+
+def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    import torch                                  # after the flags: --help needs no torch
+
+    import fast_decode
+    import model as model_module
+    from bench import cuda_time
+    from model import Llama, get_config
+
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        target = Llama(get_config("smollm2-135m")).to(torch.bfloat16).eval()
+    fast_decode.apply_decode_path([target], "fused+compile+graphs")
+    cache = target.new_cache(1, CONTEXT + 8)
+    with torch.no_grad():
+        target(torch.randint(0, 49152, (1, CONTEXT), device="cuda"), cache, torch.arange(CONTEXT, device="cuda"))
+    calls = {n: (torch.randint(0, 49152, (1, n), device="cuda"), torch.arange(CONTEXT, CONTEXT + n, device="cuda"))
+             for n in (1, 5)}
+
+    def call(n):
+        tokens, slots = calls[n]
+        return lambda: target(tokens, cache, slots)
+
+    bool_mask = model_module.KVCache.attention_mask
+
+    def additive_mask(self, input_pos):
+        allowed = bool_mask(self, input_pos)                                     # (B, 1, T, S) bool
+        return torch.zeros(allowed.shape, dtype=self.k[0].dtype, device=allowed.device).masked_fill(~allowed, float("-inf"))
+
+    with torch.no_grad():
+        names = {n: kernel_names(call(n)) for n in (1, 5)}
+        print(f"kernels per call: 1 token {sum(names[1].values())}, 5 tokens {sum(names[5].values())}")
+        for name in sorted(set(names[1]) | set(names[5]), key=lambda k: names[5][k] - names[1][k]):
+            if names[1][name] != names[5][name]:
+                print(f"  {names[1][name]:4d} -> {names[5][name]:4d}  {name[:150]}")
+        for label, mask in (("bool mask (KVCache.attention_mask)", bool_mask), ("additive float mask", additive_mask)):
+            model_module.KVCache.attention_mask = mask
+            torch._dynamo.reset()
+            ms = {n: cuda_time(fast_decode.CudaGraph(call(n)), repeats=50) * 1e3 for n in (1, 5)}
+            print(f"{label}: recorded 1-token step {ms[1]:.3f} ms, 5-token verify {ms[5]:.3f} ms "
+                  f"({ms[5] / ms[1]:.2f}x); kernels {sum(kernel_names(call(1)).values())} / "
+                  f"{sum(kernel_names(call(5)).values())}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
