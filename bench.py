@@ -40,7 +40,7 @@ from checkpoints import export_hf, load_model
 from data import load_jsonl_prompts
 from evaluate import memory_bound_speedup
 from model import Llama, count_params, get_config
-from speculative import Decoder, SpeculativeDecoder, decoder_slots, synchronize, warm_up
+from speculative import Decoder, SpeculativeDecoder, decoder_slots, synchronize, timed_plain_run, warm_up
 from tokenizer import chat_prompt, load_tokenizer
 
 
@@ -221,8 +221,8 @@ def loop_costs(target: Llama, draft: Llama, path: str, gamma: int, temperature: 
     token_wall = (plain_seconds[long] - plain_seconds[short]) / (long - short)
     # The GPU time of the recorded steps, replayed from a fixed position (reset between replays).
     first = 1 + 64 + short          # a position inside the decoder's slots, whatever the last run left
-    block_graph = speculative.graphs.recorded[(gamma, (temperature, None, None))]
-    step_graph = plain.graphs.recorded[(temperature, None, None)]
+    block_graph = speculative.steps.recorded[(gamma, (temperature, None, None))]
+    step_graph = plain.steps.recorded[(temperature, None, None)]
     block_gpu = cuda_time(lambda: (speculative.length.fill_(first), block_graph()), repeats=50)
     start = 64 + short
     token_gpu = cuda_time(lambda: (plain.length.fill_(start), step_graph()), repeats=50)
@@ -270,7 +270,7 @@ def section_pair(args) -> dict:
     print("| decode path | T | plain tok/s | speculative tok/s | speed-up | tau | MBSU |\n|---|---|---|---|---|---|---|")
     for path in args.paths.split(","):
         target = load_model(args.target, device, dtype)
-        draft = load_model(args.draft, device, dtype)
+        draft = load_model(args.draft, device, dtype, base=args.target)
         options = fast_decode.apply_decode_path([target, draft], path)
         speculative = SpeculativeDecoder(target, draft, decoder_slots(target, draft, prompts, n_new, args.gamma), **options)
         plain = Decoder(target, 1, decoder_slots(target, None, prompts, n_new), **options)
@@ -279,12 +279,12 @@ def section_pair(args) -> dict:
             warm_up(lambda prompt: plain.generate([prompt], 2, temperature), prompts)
             plain_s = spec_s = 0.0
             taus = []
-            for i, prompt in enumerate(prompts):
-                plain_s += wall_time(lambda: plain.generate([prompt], n_new, temperature,
-                                                            generator=torch.Generator(device).manual_seed(i)), device)
-                stats = {}
-                spec_s += wall_time(lambda: stats.update(speculative.generate(
-                    prompt, n_new, args.gamma, temperature, generator=torch.Generator(device).manual_seed(i))[1]), device)
+            for i, prompt in enumerate(prompts):    # interleaved, prompt by prompt, as evaluate.py times
+                plain_s += timed_plain_run(plain, prompt, n_new, temperature, None, None, (),
+                                           torch.Generator(device).manual_seed(i))[1]
+                stats = speculative.generate(prompt, n_new, args.gamma, temperature,
+                                             generator=torch.Generator(device).manual_seed(i))[1]
+                spec_s += stats["seconds"]
                 taus.append(stats["block_efficiency"])
             tau = sum(taus) / len(taus)
             row = {"path": path, "temperature": temperature, "plain_tokens_per_s": len(prompts) * n_new / plain_s,
@@ -312,7 +312,7 @@ def hf_assisted(args, prompts, n_new, ours: dict, device: torch.device, dtype: t
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, path in (("target", args.target), ("draft", args.draft)):
-            export_hf(load_model(path), os.path.join(tmp, name), dtype=dtype)
+            export_hf(load_model(path, base=args.target), os.path.join(tmp, name), dtype=dtype)
         hf_target = transformers.LlamaForCausalLM.from_pretrained(os.path.join(tmp, "target"), dtype=dtype).to(device).eval()
         hf_draft = transformers.LlamaForCausalLM.from_pretrained(os.path.join(tmp, "draft"), dtype=dtype).to(device).eval()
         hf_draft.generation_config.num_assistant_tokens = args.gamma

@@ -33,6 +33,8 @@ converter permutes HF's rows back to Meta's order (its RoPE also pairs neighbour
 needs only new names (tests/test_gguf.py checks this against transformers' own GGUF loader).
 """
 
+import hashlib
+import itertools
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -389,11 +391,13 @@ def _meta_checkpoint(directory: Path):
     return config, ((where, name, name, merged.pop(name)) for name in list(merged))
 
 
-def _gguf_checkpoint(file: Path):
+def _gguf_checkpoint(file: Path, only: set[str] | None = None):
+    """only: our names of the tensors wanted (None: all), so that the others are not dequantized."""
     reader = open_gguf(str(file))
     config = config_from_gguf(reader, file)
     tensors = ((file, t.name, _rename(t.name, GGUF_NAMES), torch.tensor(_dequantize(t, file)))   # a copy: the file is mapped read-only
-               for t in reader.tensors if t.name != "rope_freqs.weight")     # that one is in the config
+               for t in reader.tensors if t.name != "rope_freqs.weight"      # that one is in the config
+               and (only is None or _rename(t.name, GGUF_NAMES) in only))
     return config, tensors
 
 
@@ -427,8 +431,47 @@ def _build(config: ModelConfig, tensors: Iterable, where: Path, device, dtype: t
     return model.eval()
 
 
+def _open_checkpoint(path: Path, only: set[str] | None = None) -> tuple[ModelConfig, Iterator, dict | None]:
+    """(config, tensors, embedding_from) of any checkpoint: embedding_from is set for ours when it
+    stores no token embedding (save_model's embedding_from)."""
+    if path.suffix == ".gguf" or (path.is_file() and path.read_bytes()[:4] == b"GGUF"):
+        return (*_gguf_checkpoint(path, only), None)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint {path} does not exist (give a checkpoint directory or a .gguf file)")
+    if (path / "config.json").is_file():
+        raw = _read_json(path / "config.json")
+        return (*_own_or_hf_checkpoint(path, raw, path / "config.json"), raw.get("embedding_from"))
+    if (path / "params.json").is_file():
+        return (*_meta_checkpoint(path), None)
+    found = sorted(p.name for p in path.iterdir())[:10]
+    raise ValueError(f"{path}: no checkpoint (found {found}); expected config.json with model.safetensors "
+                     "(ours or Hugging Face's, or Hugging Face's sharded / .bin files), Meta's params.json "
+                     "with consolidated.*.pth, or a .gguf file")
+
+
+def embedding_digest(embedding: torch.Tensor) -> str:
+    """sha256 of a token embedding's values as float32: which embedding a draft was trained with,
+    whatever file format holds it."""
+    return hashlib.sha256(embedding.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def _shared_tensors(config: ModelConfig, path: Path, base, embedding_from: dict):
+    """The token embedding (and an untied head) of `base`, for a checkpoint that shares them."""
+    if base is None:
+        raise ValueError(f"{path} stores a draft without its token embedding: it shares the embedding of "
+                         f"{embedding_from['checkpoint']}; give that checkpoint as the target")
+    names = {"tok_embeddings.weight"} | (set() if config.tie_embeddings else {"output.weight"})
+    _, tensors, _ = _open_checkpoint(Path(base), only=names)
+    shared = [item for item in tensors if item[2] in names]
+    embedding = next((tensor for _, _, name, tensor in shared if name == "tok_embeddings.weight"), None)
+    if embedding is None or embedding_digest(embedding) != embedding_from["sha256"]:
+        raise ValueError(f"{path} was trained with the token embedding of {embedding_from['checkpoint']}, and "
+                         f"{base} holds another one; give the target that this draft was trained for")
+    return shared
+
+
 def load_model(path, device="cpu", dtype: torch.dtype | None = None,
-               max_seq_len: int | None = None, n_layers: int | None = None) -> Llama:
+               max_seq_len: int | None = None, n_layers: int | None = None, base=None) -> Llama:
     """Load a checkpoint (ours, Hugging Face's or Meta's directory, or a .gguf file), in eval mode.
 
     dtype=None keeps the stored dtype (float32 for ours and for dequantized GGUF tensors;
@@ -439,21 +482,15 @@ def load_model(path, device="cpu", dtype: torch.dtype | None = None,
     norm and the head: a draft cut from the target. Untrained, it is the target "exiting
     early"; distillation then teaches its last block to hand the head what the target's
     last block would (PAPER.md section 2; README, the headline experiment).
+    base: for a draft saved without its token embedding (save_model's embedding_from), the
+    checkpoint it shares that embedding with, its target; ignored by any other checkpoint.
     """
     path = Path(path)
-    if path.suffix == ".gguf" or (path.is_file() and path.read_bytes()[:4] == b"GGUF"):
-        config, tensors = _gguf_checkpoint(path)
-    elif not path.is_dir():
-        raise FileNotFoundError(f"checkpoint {path} does not exist (give a checkpoint directory or a .gguf file)")
-    elif (path / "config.json").is_file():
-        config, tensors = _own_or_hf_checkpoint(path, _read_json(path / "config.json"), path / "config.json")
-    elif (path / "params.json").is_file():
-        config, tensors = _meta_checkpoint(path)
-    else:
-        found = sorted(p.name for p in path.iterdir())[:10]
-        raise ValueError(f"{path}: no checkpoint (found {found}); expected config.json with model.safetensors "
-                         "(ours or Hugging Face's, or Hugging Face's sharded / .bin files), Meta's params.json "
-                         "with consolidated.*.pth, or a .gguf file")
+    config, tensors, embedding_from = _open_checkpoint(path)
+    if embedding_from is not None:
+        own = list(tensors)                # dtype=None: the shared embedding takes the stored dtype
+        dtype = dtype or (own[0][3].dtype if own else None)
+        tensors = itertools.chain(own, _shared_tensors(config, path, base, embedding_from))
     if max_seq_len:
         config = replace(config, max_seq_len=max_seq_len)
     if n_layers is not None:
@@ -486,10 +523,29 @@ def _write_checkpoint(out_dir, tensors: dict[str, torch.Tensor], config_json: di
     replace_atomically(str(out / "config.json"), lambda tmp: Path(tmp).write_text(json.dumps(config_json, indent=2)))
 
 
-def save_model(model: Llama, out_dir) -> None:
-    """Save in this project's format; load_model reads it back."""
+def save_model(model: Llama, out_dir, dtype: torch.dtype | None = None, embedding_from=None) -> None:
+    """Save in this project's format; load_model reads it back. dtype: store the weights in it
+    (bfloat16: half the bytes of float32). embedding_from: the checkpoint (a draft's target) whose
+    token embedding -- and tied head -- this model shares unchanged (a draft cut from its target
+    and trained with train.py --freeze-embeddings). Then the embedding is not stored, only the
+    target's name and the embedding's sha256 (embedding_digest), and load_model(path, base=target)
+    takes it from the target: for SmolLM2 a 4-block draft is 14M parameters of its own beside
+    the 28M of the embedding it shares."""
     config_json = {"format": CHECKPOINT_FORMAT, "config": asdict(model.config)}
-    _write_checkpoint(out_dir, _stored_state(model), config_json)
+    tensors = _stored_state(model)
+    if embedding_from is not None:
+        if not model.config.tie_embeddings:
+            raise ValueError("a draft saved without its embedding must tie its head to it (like SmolLM2's)")
+        digest = embedding_digest(model.tok_embeddings.weight)
+        _, shared, _ = _open_checkpoint(Path(embedding_from), only={"tok_embeddings.weight"})
+        if not any(name == "tok_embeddings.weight" and embedding_digest(tensor) == digest for _, _, name, tensor in shared):
+            raise ValueError(f"the model's token embedding is not {embedding_from}'s: only a draft trained with "
+                             "its target's embedding frozen (train.py --freeze-embeddings) can be saved without it")
+        config_json["embedding_from"] = {"checkpoint": Path(embedding_from).name, "sha256": digest}
+        tensors = {name: tensor for name, tensor in tensors.items() if name != "tok_embeddings.weight"}
+    if dtype is not None:
+        tensors = {name: tensor.to(dtype) for name, tensor in tensors.items()}
+    _write_checkpoint(out_dir, tensors, config_json)
 
 
 def export_hf(model: Llama, out_dir, dtype: torch.dtype | None = None,

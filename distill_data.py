@@ -12,7 +12,7 @@ The layout of the work:
   setting  {"temperature", "top_p", "system"}: one point of the grid
   job      one (prompt, setting) pair, with a stable index "job" -> exactly one output record
   batch    consecutive jobs with the same temperature and top-p, at most --batch-size of them
-           (generate_batch samples a whole batch with one temperature / top-p)
+           (a Decoder samples a whole batch with one temperature and top-p)
 
 Reproducibility is the design principle. Batches are FIXED by the job order, and batch b draws
 its randomness from its own generator seeded with (seed, b). So a batch's records depend on
@@ -191,17 +191,38 @@ def load_distill_records(paths: str | list[str]) -> list[dict]:
     return records
 
 
-def answer_vocabulary(records: list[dict], size: int) -> tuple[list[int], float]:
-    """The `size` tokens the target wrote most often in these answers (ties: the lower id), and
-    the share of all answer tokens they cover: a draft's shortlist (fast_decode.ShortlistHead).
-    Its acceptance rate can lose at most the target's probability outside the shortlist, of
-    which the coverage's complement is the average over the data."""
-    if size < 1:
-        raise ValueError(f"a shortlist needs at least 1 token, got {size}")
+def answer_counts(records: list[dict]) -> dict[int, int]:
+    """How often the target wrote each token in these answers (the prompts are not counted)."""
     counts: dict[int, int] = {}
     for record in records:
         for token in record["response_ids"]:
             counts[token] = counts.get(token, 0) + 1
+    return counts
+
+
+def load_answer_counts(path: str) -> dict[int, int]:
+    """answer_counts of distillation data (a .jsonl), or the counts a shipped draft carries beside
+    it (a .json, {"counts": [[token, count], ...]}, written by tools/ship_draft.py), so that a
+    shortlist can be built without the data."""
+    if not path.endswith(".json"):
+        return answer_counts(load_distill_records(path))
+    try:
+        with open(path, encoding="utf-8") as f:
+            return {int(token): int(count) for token, count in json.load(f)["counts"]}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"answer counts {path} do not exist; give distill.jsonl or a draft's answer_counts.json") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+        raise ValueError(f"{path} is not a file of answer counts ({{\"counts\": [[token, count], ...]}}); "
+                         "give distill.jsonl or a draft's answer_counts.json") from None
+
+
+def answer_vocabulary(counts: dict[int, int], size: int) -> tuple[list[int], float]:
+    """The `size` tokens the target wrote most often (counts: answer_counts; ties: the lower id),
+    and the share of all answer tokens they cover: a draft's shortlist (fast_decode.ShortlistHead).
+    Its acceptance rate can lose at most the target's probability outside the shortlist, of
+    which the coverage's complement is the average over the data."""
+    if size < 1:
+        raise ValueError(f"a shortlist needs at least 1 token, got {size}")
     ranked = sorted(counts, key=lambda token: (-counts[token], token))[:size]
     total = sum(counts.values())
     return ranked, (sum(counts[t] for t in ranked) / total if total else 0.0)

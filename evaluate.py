@@ -34,10 +34,10 @@ import fast_decode
 from checkpoints import DTYPES, load_model
 from common import check_output, differences, parse_list, parse_named_paths, run_cli, write_atomically
 from data import load_jsonl_prompts
-from distill_data import answer_vocabulary, load_distill_records
+from distill_data import answer_vocabulary, load_answer_counts
 from model import Llama, count_params
-from speculative import (Decoder, SpeculativeDecoder, check_context, check_pair, check_sampling, decoder_slots,
-                         timed_plain_run, warm_up)
+from speculative import (Decoder, SpeculativeDecoder, check_context, check_draft_mode, check_pair, check_sampling,
+                         decoder_slots, timed_plain_run, warm_up)
 from tokenizer import chat_prompt, check_vocab, load_tokenizer
 
 
@@ -67,13 +67,36 @@ def mean_ci95(values: list[float]) -> tuple[float, float]:
     return mean, 1.96 * math.sqrt(variance / n)
 
 
-def evaluate_pair(target: Llama, draft: Llama, prompts: list[list[int]], gammas: list[int],
-                  temperature: float, max_new_tokens: int, top_k: int | None = None,
-                  top_p: float | None = None, stop_ids=(), seed: int = 0, plain: Decoder | None = None,
-                  graphs: bool = False, decoder: SpeculativeDecoder | None = None) -> list[dict]:
+def pool_runs(runs: list[tuple[int, dict]]) -> dict:
+    """One row's metrics from the runs of its prompts, [(new tokens, stats)] (PAPER.md 5):
+    tau the mean over prompts of each prompt's tau (each prompt counts once, whatever its length),
+    with its 95% CI over prompts; alpha pooled, all accepted draft tokens over all acceptance
+    tests of all prompts (a prompt with more blocks made more tests, and weighs more); per draft
+    position k the same pooled ratio alpha_k, with the tests behind it; tokens/s over the total."""
+    tau, ci95 = mean_ci95([stats["block_efficiency"] for _, stats in runs])
+    accepted = sum(sum(stats["accepted_per_block"]) for _, stats in runs)
+    tests = sum(stats["accept_tests"] for _, stats in runs)
+    positions = max(len(stats["tested_at"]) for _, stats in runs)
+    tested_at = [sum(stats["tested_at"][k] for _, stats in runs if k < len(stats["tested_at"])) for k in range(positions)]
+    accepted_at = [sum(stats["accepted_at"][k] for _, stats in runs if k < len(stats["accepted_at"])) for k in range(positions)]
+    drafted = [g for _, stats in runs for g in stats["drafted_per_block"]]
+    return {"block_efficiency": tau, "ci95": ci95, "acceptance_rate": accepted / tests if tests else float("nan"),
+            "alpha_per_position": [a / t if t else float("nan") for a, t in zip(accepted_at, tested_at)],
+            "tests_per_position": tested_at, "mean_gamma": sum(drafted) / len(drafted),
+            "tokens_per_s": sum(n_new for n_new, _ in runs) / sum(stats["seconds"] for _, stats in runs)}
+
+
+def evaluate_pair(target: Llama, draft: Llama, prompts: list[list[int]], gammas: list, temperature: float,
+                  max_new_tokens: int, top_k: int | None = None, top_p: float | None = None, stop_ids=(),
+                  seed: int = 0, plain: Decoder | None = None, graphs: bool = False,
+                  decoder: SpeculativeDecoder | None = None, draft_modes: tuple = ("sample",)) -> list[dict]:
     """Speculative decoding over `prompts` (prompt i with a generator seeded seed + i) at each of
-    `gammas`: a row of the results table per gamma. `decoder`: a SpeculativeDecoder of this pair
-    with slots for every prompt and the largest gamma, to reuse across calls; by default a new one.
+    `gammas` and each draft mode: a row of the results table per (gamma, mode). A gamma may be
+    "auto" (SpeculativeDecoder.generate): it chooses before every block from the step costs,
+    measured here first, and the acceptance counted so far on this task at this temperature --
+    the earlier prompts' blocks and this prompt's blocks at the fixed gammas, which run before it.
+    `decoder`: a SpeculativeDecoder of this pair with slots for every prompt and the largest
+    gamma, to reuse across calls; by default a new one.
 
     With `plain`, a batch-1 Decoder of the target with slots for every prompt, also the wall-clock
     speed-up over plain decoding of the same prompts with the same settings and seeds, timed
@@ -82,45 +105,52 @@ def evaluate_pair(target: Llama, draft: Llama, prompts: list[list[int]], gammas:
     CPU by tens of percent over minutes), and a baseline timed in one stretch before the gammas
     puts all of a drift on one side of every ratio; interleaved, both sides see it alike."""
     device = target.device
+    # At temperature 0 both draft modes are verify_greedy (PAPER.md 4.2): the same computation,
+    # measured once and reported under both names.
+    measured_modes = ["sample"] if temperature == 0 and "sample" in draft_modes else list(draft_modes)
+    fixed = [g for g in gammas if g != "auto"]
+    max_gamma = max(fixed, default=6)
     speculative = decoder or SpeculativeDecoder(
-        target, draft, decoder_slots(target, draft, prompts, max_new_tokens, max(gammas)), graphs)
+        target, draft, decoder_slots(target, draft, prompts, max_new_tokens, max_gamma), graphs)
     sampling = (temperature, top_k, top_p)
+    for mode in measured_modes:
+        if "auto" in gammas:          # untimed, and it records or compiles every block it times
+            speculative.measure_costs(prompts[0], *sampling, mode, max_gamma)
     if plain is not None or graphs:      # graphs are recorded, blocks compiled, on first use
         if plain is not None:
             warm_up(lambda prompt: plain.generate([prompt], 2, *sampling), prompts)
-        for gamma in gammas:
-            warm_up(lambda prompt: speculative.generate(prompt, gamma + 1, gamma, *sampling), prompts)
+        for mode in measured_modes:
+            for gamma in gammas:
+                n_new = (gamma if gamma != "auto" else max_gamma) + 1                  # a block or more
+                warm_up(lambda prompt: speculative.generate(prompt, n_new, gamma, *sampling, draft_mode=mode), prompts)
+    speculative.acceptance.clear()       # "so far" starts with this task's first timed block
     plain_tokens, plain_seconds = 0, 0.0
-    runs = {gamma: [] for gamma in gammas}                 # gamma -> [(new tokens, stats)] per prompt
+    runs = {(gamma, mode): [] for mode in measured_modes for gamma in gammas}   # -> [(new tokens, stats)] per prompt
     for i, prompt in enumerate(prompts):
         if plain is not None:
             n_new, seconds = timed_plain_run(plain, prompt, max_new_tokens, *sampling, stop_ids,
                                              torch.Generator(device).manual_seed(seed + i))
             plain_tokens, plain_seconds = plain_tokens + n_new, plain_seconds + seconds
-        for gamma in gammas:
-            generator = torch.Generator(device).manual_seed(seed + i)
-            new, stats = speculative.generate(prompt, max_new_tokens, gamma, *sampling, stop_ids, generator)
-            runs[gamma].append((new.numel(), stats))
+        for mode in measured_modes:
+            for gamma in sorted(gammas, key=lambda g: g == "auto"):           # "auto" last
+                generator = torch.Generator(device).manual_seed(seed + i)
+                new, stats = speculative.generate(prompt, max_new_tokens, gamma, *sampling, stop_ids, generator,
+                                                  draft_mode=mode)
+                runs[(gamma, mode)].append((new.numel(), stats))
     rows = []
-    for gamma in gammas:
-        taus = [stats["block_efficiency"] for _, stats in runs[gamma]]
-        accepted = sum(sum(stats["accepted_per_block"]) for _, stats in runs[gamma])
-        tests = sum(stats["accept_tests"] for _, stats in runs[gamma])
-        tokens = sum(n_new for n_new, _ in runs[gamma])
-        seconds = sum(stats["seconds"] for _, stats in runs[gamma])
-        tau, ci95 = mean_ci95(taus)
-        alpha = accepted / tests if tests else float("nan")
-        row = {
-            "gamma": gamma, "temperature": temperature, "prompts": len(prompts),
-            "block_efficiency": tau, "ci95": ci95, "acceptance_rate": alpha,
-            "predicted_block_efficiency": predicted_block_efficiency(alpha, gamma),
-            "mbsu": memory_bound_speedup(count_params(target), count_params(draft), tau, gamma),
-            "tokens_per_s": tokens / seconds,
-        }
+    for (gamma, mode), gamma_runs in runs.items():
+        row = {"gamma": gamma, "draft_mode": mode, "temperature": temperature, "prompts": len(prompts),
+               **pool_runs(gamma_runs)}
+        block_gamma = gamma if gamma != "auto" else row["mean_gamma"]
+        row["predicted_block_efficiency"] = (predicted_block_efficiency(row["acceptance_rate"], gamma)
+                                             if gamma != "auto" else None)
+        row["mbsu"] = memory_bound_speedup(count_params(target), count_params(draft), row["block_efficiency"],
+                                           block_gamma)
         if plain is not None:
             row["baseline_tokens_per_s"] = plain_tokens / plain_seconds
             row["speedup"] = row["tokens_per_s"] / row["baseline_tokens_per_s"]
         rows.append(row)
+    rows += [{**row, "draft_mode": mode} for mode in draft_modes if mode not in measured_modes for row in list(rows)]
     return rows
 
 
@@ -129,38 +159,81 @@ def evaluate_pair(target: Llama, draft: Llama, prompts: list[list[int]], gammas:
 # ----------------------------------------------------------------------------------------------
 
 def markdown_table(results: list[dict]) -> str:
+    """Every row: draft, task, T, gamma, draft mode, tau, alpha, alpha per position, MBSU (and times)."""
     timed = any("speedup" in r for r in results)
-    lines = ["| draft | task | T | gamma | tau (95% CI) | alpha | MBSU |" + (" tok/s | plain tok/s | speed-up |" if timed else ""),
-             "|---|---|---|---|---|---|---|" + ("---|---|---|" if timed else "")]
+    lines = ["| draft | task | T | gamma | mode | tau (95% CI) | alpha | alpha_1, alpha_2, ... | MBSU |"
+             + (" tok/s | plain tok/s | speed-up |" if timed else ""),
+             "|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if timed else "")]
     for r in results:
-        line = (f"| {r['draft']} | {r['task']} | {r['temperature']:g} | {r['gamma']} | "
-                f"{r['block_efficiency']:.2f} ± {r['ci95']:.2f} | {r['acceptance_rate']:.3f} | {r['mbsu']:.2f} |")
+        gamma = r["gamma"] if r["gamma"] != "auto" else f"auto ({r['mean_gamma']:.1f})"
+        per_position = ", ".join(f"{a:.2f}" for a in r["alpha_per_position"])
+        line = (f"| {r['draft']} | {r['task']} | {r['temperature']:g} | {gamma} | {r['draft_mode']} | "
+                f"{r['block_efficiency']:.2f} ± {r['ci95']:.2f} | {r['acceptance_rate']:.3f} | {per_position} | "
+                f"{r['mbsu']:.2f} |")
         if timed:
             line += f" {r['tokens_per_s']:.1f} | {r['baseline_tokens_per_s']:.1f} | {r['speedup']:.2f}x |"
         lines.append(line)
     return "\n".join(lines)
 
 
-def summary_table(results: list[dict], gamma: int | None = None) -> str:
-    """The headline, a row per draft and a column per (task, T): tau (95% CI) at one gamma, or
-    with gamma=None the best wall-clock speed-up over the gammas measured, and its gamma."""
-    rows = [r for r in results if (r["gamma"] == gamma if gamma is not None else "speedup" in r)]
-    columns = sorted({(r["task"], r["temperature"]) for r in rows})
-    drafts = list(dict.fromkeys(r["draft"] for r in rows))
-    cell = {}
-    for r in rows:
-        key = (r["draft"], r["task"], r["temperature"])
-        if gamma is not None:
-            cell[key] = f"{r['block_efficiency']:.2f} ± {r['ci95']:.2f}"
-        elif key not in cell or r["speedup"] > cell[key][0]:
-            cell[key] = (r["speedup"], f"{r['speedup']:.2f}x (γ={r['gamma']})")
-    title = f"draft (gamma {gamma})" if gamma is not None else "draft (best speed-up)"
+def grid_table(title: str, results: list[dict], cell) -> str:
+    """A row per draft, a column per (task, T); cell(rows of that draft and column) -> text."""
+    columns = sorted({(r["task"], r["temperature"]) for r in results})
+    drafts = list(dict.fromkeys(r["draft"] for r in results))
     lines = [f"| {title} | " + " | ".join(f"{task} T={t:g}" for task, t in columns) + " |",
              "|---" * (len(columns) + 1) + "|"]
     for draft in drafts:
-        values = [cell.get((draft, *column), "-") for column in columns]
-        lines.append(f"| {draft} | " + " | ".join(v[1] if isinstance(v, tuple) else v for v in values) + " |")
+        texts = []
+        for task, temperature in columns:
+            rows = [r for r in results if (r["draft"], r["task"], r["temperature"]) == (draft, task, temperature)]
+            texts.append(cell(rows) if rows else "-")
+        lines.append(f"| {draft} | " + " | ".join(texts) + " |")
     return "\n".join(lines)
+
+
+def summary_table(results: list[dict], gamma: int | None = None, draft_mode: str = "sample") -> str:
+    """The headline, a row per draft and a column per (task, T): tau (95% CI) at one gamma, or
+    with gamma=None the best wall-clock speed-up over the fixed gammas measured, and its gamma."""
+    mine = [r for r in results if r["draft_mode"] == draft_mode]
+    if gamma is not None:
+        return grid_table(f"draft (gamma {gamma})", [r for r in mine if r["gamma"] == gamma],
+                          lambda rows: f"{rows[0]['block_efficiency']:.2f} ± {rows[0]['ci95']:.2f}")
+
+    def best(rows):
+        top = max(rows, key=lambda r: r["speedup"])
+        return f"{top['speedup']:.2f}x (γ={top['gamma']})"
+    return grid_table("draft (best fixed gamma)", [r for r in mine if "speedup" in r and r["gamma"] != "auto"], best)
+
+
+def auto_table(results: list[dict], draft_mode: str = "sample") -> str:
+    """The speed-up with gamma chosen from the measured costs (gamma="auto"), and the mean gamma
+    it used (0 for a plain step)."""
+    rows = [r for r in results if r["gamma"] == "auto" and r["draft_mode"] == draft_mode and "speedup" in r]
+    return grid_table("draft (gamma auto)", rows,
+                      lambda rows: f"{rows[0]['speedup']:.2f}x (γ≈{rows[0]['mean_gamma']:.1f})") if rows else ""
+
+
+def modes_table(results: list[dict], gamma: int, reference: str = "pretrained") -> str:
+    """tau at one gamma under the rejection rule (draft_mode "sample") and under the engines'
+    argmax drafting, and how much of each draft's gain over the reference draft survives the
+    switch: (tau_argmax - reference's tau_argmax) / (tau_sample - reference's tau_sample)."""
+    rows = [r for r in results if r["gamma"] == gamma]
+    if {r["draft_mode"] for r in rows} != {"sample", "argmax"}:
+        return ""
+    tau = {(r["draft"], r["task"], r["temperature"], r["draft_mode"]): r["block_efficiency"] for r in rows}
+
+    def cell(cell_rows):
+        draft, task, temperature = cell_rows[0]["draft"], cell_rows[0]["task"], cell_rows[0]["temperature"]
+        sample, argmax = (tau.get((draft, task, temperature, mode)) for mode in ("sample", "argmax"))
+        if sample is None or argmax is None:
+            return "-"
+        text = f"{sample:.2f} / {argmax:.2f}"
+        ref = [tau.get((reference, task, temperature, mode)) for mode in ("sample", "argmax")]
+        if draft != reference and None not in ref and sample - ref[0] > 0:
+            text += f" ({(argmax - ref[1]) / (sample - ref[0]):.0%})"
+        return text
+    return grid_table(f"tau at gamma {gamma}: rejection rule / argmax drafting (gain kept)",
+                      [r for r in rows if r["draft_mode"] == "sample"], cell)
 
 
 def ci_gaps(results: list[dict], reference: str = "pretrained") -> list[tuple[float, float, dict]]:
@@ -168,6 +241,7 @@ def ci_gaps(results: list[dict], reference: str = "pretrained") -> list[tuple[fl
     measured: (its tau's lower 95% bound minus the reference's upper bound, its tau minus the
     reference's, the row). A positive first value is "distillation raised tau" said with
     confidence: the two intervals do not overlap."""
+    results = [r for r in results if r["draft_mode"] == "sample" and r["gamma"] != "auto"]   # the paper's rule
     key = lambda r: (r["task"], r["temperature"], r["gamma"])       # noqa: E731
     ref = {key(r): r for r in results if r["draft"] == reference}
     return [((r["block_efficiency"] - r["ci95"]) - (ref[key(r)]["block_efficiency"] + ref[key(r)]["ci95"]),
@@ -193,33 +267,50 @@ def separation_lines(results: list[dict], reference: str = "pretrained") -> str:
 
 
 def plot(results: list[dict], path: str) -> None:
-    """tau (and the wall-clock speed-up, if measured) vs gamma: a panel per (T, task), a line per draft."""
+    """A line per draft, a column per task: tau vs gamma per T (the rejection rule solid with its
+    95% CI, argmax drafting dashed), the wall-clock speed-up if measured (gamma auto dotted), and
+    alpha_k, the acceptance of the k-th draft token given the first k - 1 were accepted, at the
+    largest gamma."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     tasks = sorted({r["task"] for r in results})
     temperatures = sorted({r["temperature"] for r in results})
     drafts = list(dict.fromkeys(r["draft"] for r in results))
-    metrics = [("block_efficiency", "block efficiency tau")]
+    colours = {draft: f"C{i}" for i, draft in enumerate(drafts)}
+    largest = max(r["gamma"] for r in results if r["gamma"] != "auto")
+    panels = [("block_efficiency", "block efficiency tau", t) for t in temperatures]
     if any("speedup" in r for r in results):
-        metrics.append(("speedup", "wall-clock speed-up"))
-    panels = [(t, metric) for metric in metrics for t in temperatures]
+        panels += [("speedup", "wall-clock speed-up", t) for t in temperatures]
+    panels += [("alpha_per_position", f"alpha_k (gamma {largest})", t) for t in temperatures]
     fig, axes = plt.subplots(len(panels), len(tasks), figsize=(4 * len(tasks), 3.2 * len(panels)),
                              squeeze=False, sharey="row")
-    for i, (temperature, (key, label)) in enumerate(panels):
+    for i, (key, label, temperature) in enumerate(panels):
         for j, task in enumerate(tasks):
             ax = axes[i][j]
             for draft in drafts:
-                rows = sorted((r for r in results if (r["draft"], r["task"], r["temperature"]) == (draft, task, temperature)),
-                              key=lambda r: r["gamma"])
-                errors = [r["ci95"] for r in rows] if key == "block_efficiency" else None
-                ax.errorbar([r["gamma"] for r in rows], [r[key] for r in rows], yerr=errors,
-                            marker="o", capsize=2, label=draft)
+                cell = [r for r in results if (r["draft"], r["task"], r["temperature"]) == (draft, task, temperature)]
+                for mode, style in (("sample", "-"), ("argmax", "--")):
+                    rows = sorted((r for r in cell if r["draft_mode"] == mode and r["gamma"] != "auto"),
+                                  key=lambda r: r["gamma"])
+                    if not rows or (mode == "argmax" and temperature == 0):      # at T = 0 the same rule
+                        continue
+                    name = draft if mode == "sample" else None
+                    if key == "alpha_per_position":
+                        alphas = next(r for r in rows if r["gamma"] == largest)[key]
+                        ax.plot(range(1, len(alphas) + 1), alphas, style, marker="o", color=colours[draft], label=name)
+                        continue
+                    errors = [r["ci95"] for r in rows] if key == "block_efficiency" and mode == "sample" else None
+                    ax.errorbar([r["gamma"] for r in rows], [r[key] for r in rows], yerr=errors, fmt=style,
+                                marker="o", capsize=2, color=colours[draft], label=name)
+                auto = [r for r in cell if r["gamma"] == "auto" and r["draft_mode"] == "sample" and key in r]
+                if key == "speedup" and auto:
+                    ax.axhline(auto[0][key], linestyle=":", color=colours[draft])
             ax.set_title(f"{task}, T={temperature:g}")
-            ax.set_xlabel("gamma (draft tokens per block)")
+            ax.set_xlabel("k (draft position)" if key == "alpha_per_position" else "gamma (draft tokens per block)")
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
-    axes[0][0].legend()
+    axes[0][0].legend(fontsize=8, title="solid: rejection rule\ndashed: argmax drafting", title_fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -246,17 +337,17 @@ def load_rows(path: str, settings: dict) -> list[dict]:
 # Command line: the grid
 # ----------------------------------------------------------------------------------------------
 
-def write_tables(report: dict, out: str, gammas: list[int]) -> None:
+def write_tables(report: dict, out: str, gammas: list) -> None:
     """results.md (the headline tables, each draft against the pretrained one, then every row)
     and results.png beside results.json."""
     rows = report["results"]
-    table = summary_table(rows, 4 if 4 in gammas else gammas[len(gammas) // 2])
+    fixed = [g for g in gammas if g != "auto"]
+    headline = 4 if 4 in fixed else fixed[len(fixed) // 2]
+    tables = [summary_table(rows, headline)]
     if any("speedup" in r for r in rows):
-        table += "\n\n" + summary_table(rows)
-    separation = separation_lines(rows)
-    if separation:
-        table += "\n\n" + separation
-    table += "\n\n" + markdown_table(rows)
+        tables += [auto_table(rows), summary_table(rows)]
+    tables += [modes_table(rows, headline), separation_lines(rows), markdown_table(rows)]
+    table = "\n\n".join(t for t in tables if t)
     base = os.path.splitext(out)[0]
     write_atomically(base + ".md", table + "\n")
     plot(rows, base + ".png")
@@ -270,7 +361,12 @@ def parse_args(argv=None):
     p.add_argument("--drafts", required=True, help="name=path,name=path,...")
     p.add_argument("--tokenizer", default=None, help="tokenizer.model or .gguf (default: a .gguf target's own)")
     p.add_argument("--prompts", required=True, help="task=eval.jsonl,task=eval.jsonl,...")
-    p.add_argument("--gammas", default="1,2,3,4,5,6")
+    p.add_argument("--gammas", default="1,2,3,4,5,6,auto",
+                   help="draft tokens per block; 'auto' chooses before every block from this machine's measured "
+                        "step costs and the acceptance so far (PAPER.md 5.5), up to the largest number listed")
+    p.add_argument("--draft-modes", default="sample",
+                   help="'sample' (the rejection rule, PAPER.md 4.1), 'argmax' (the draft proposes its argmax, "
+                        "as inference engines do, PAPER.md 4.5), or both: sample,argmax")
     p.add_argument("--temperatures", default="0,1")
     p.add_argument("--n-prompts", type=int, default=20, help="evaluation prompts per task")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -281,12 +377,13 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, choices=sorted(DTYPES))
     p.add_argument("--decode-path", default="eager", choices=fast_decode.DECODE_PATHS,
-                   help="how decode steps run (fast_decode.py): 'eager' or 'few-row-matmuls' anywhere, "
-                        "the others on a GPU")
+                   help="how decode steps run (fast_decode.py): 'eager' anywhere; on a CPU 'few-row-matmuls', or "
+                        "'bf16-weights' / 'int8-weights' (quantize.py: another, quantized target); the others on a GPU")
     p.add_argument("--draft-vocab", type=int, default=None,
                    help="decode every draft over the N tokens the target wrote most often in --draft-vocab-data "
                         "(fast_decode.ShortlistHead: cheaper draft steps, still lossless)")
-    p.add_argument("--draft-vocab-data", default=None, help="the distillation data (distill.jsonl) for --draft-vocab")
+    p.add_argument("--draft-vocab-data", default=None,
+                   help="for --draft-vocab: the distillation data (distill.jsonl), or a draft's answer_counts.json")
     p.add_argument("--out", required=True, help="results.json (a .png and .md are written beside it)")
     return p.parse_args(argv)
 
@@ -294,9 +391,13 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     # Flags and the output first, before loading any model.
-    gammas, temperatures = parse_list(args.gammas, int), parse_list(args.temperatures, float)
-    if not gammas or min(gammas) < 1:
-        raise ValueError(f"--gammas must list draft lengths >= 1, got {args.gammas!r}")
+    gammas = [g if g == "auto" else int(g) if g.isdigit() else -1 for g in parse_list(args.gammas, str)]
+    temperatures = parse_list(args.temperatures, float)
+    if not any(g != "auto" for g in gammas) or -1 in gammas or 0 in gammas:
+        raise ValueError(f"--gammas must list draft lengths >= 1 (and optionally 'auto'), got {args.gammas!r}")
+    draft_modes = parse_list(args.draft_modes, str)
+    for mode in draft_modes or [""]:
+        check_draft_mode(mode)
     if not temperatures:
         raise ValueError("--temperatures needs at least one temperature")
     for temperature in temperatures:
@@ -314,7 +415,7 @@ def main(argv=None):
     check_output(args.out)
     settings = {"target": args.target, "drafts": draft_paths, "prompts": prompt_paths, "n_prompts": args.n_prompts,
                 "max_new_tokens": args.max_new_tokens, "seed": args.seed, "speedup": args.speedup,
-                "dtype": args.dtype, "decode_path": args.decode_path}
+                "dtype": args.dtype, "decode_path": args.decode_path, "draft_modes": draft_modes}
     if args.speedup:        # rows timed with one baseline per (task, T) before its gammas must not mix in
         settings["baseline"] = "interleaved with the speculative runs, prompt by prompt"
     if args.draft_vocab is not None:
@@ -324,9 +425,10 @@ def main(argv=None):
     tok = load_tokenizer(tokenizer_path)
     target = load_model(args.target, args.device, DTYPES.get(args.dtype))
     check_vocab(tok, target.config.vocab_size, args.target)
-    drafts = {name: load_model(path, args.device, DTYPES.get(args.dtype)) for name, path in draft_paths.items()}
+    drafts = {name: load_model(path, args.device, DTYPES.get(args.dtype), base=args.target)    # base: for a draft
+              for name, path in draft_paths.items()}                                            # stored without its embedding
     for draft in drafts.values():
-        check_pair(target, draft, min(gammas))
+        check_pair(target, draft, 1)
     prompts = {task: [chat_prompt(tok, r["prompt"], r.get("system")) for r in load_jsonl_prompts(path)[: args.n_prompts]]
                for task, path in prompt_paths.items()}
     for task, task_prompts in prompts.items():       # all must fit before the first is measured
@@ -334,7 +436,7 @@ def main(argv=None):
             for model in (target, *drafts.values()):
                 check_context(model, len(prompt) + args.max_new_tokens, f"prompt {i} of {prompt_paths[task]}")
     if args.draft_vocab is not None:
-        shortlist, coverage = answer_vocabulary(load_distill_records(args.draft_vocab_data), args.draft_vocab)
+        shortlist, coverage = answer_vocabulary(load_answer_counts(args.draft_vocab_data), args.draft_vocab)
         print(f"drafts decode over the {len(shortlist):,} tokens the target wrote most often in "
               f"{args.draft_vocab_data} ({coverage:.1%} of its answer tokens)")
         for draft in drafts.values():
@@ -343,7 +445,9 @@ def main(argv=None):
 
     report = {"preset": args.preset, "target_params": count_params(target),
               "draft_params": count_params(next(iter(drafts.values()))), "settings": settings, "results": rows}
-    done = {(r["draft"], r["task"], r["gamma"], r["temperature"]) for r in report["results"]}
+    done = {(r["draft"], r["task"], r["temperature"], r["gamma"], r["draft_mode"]) for r in report["results"]}
+    cell_done = lambda name, task, temperature: all(                 # noqa: E731
+        (name, task, temperature, gamma, mode) in done for gamma in gammas for mode in draft_modes)
     # One plain decoder for every baseline and one speculative decoder per draft for all its rows,
     # each with slots for the longest prompt of any task: a decoder records a CUDA graph once
     # per kind of step (sampling settings, gamma), not once per row. Attention runs over all of
@@ -352,25 +456,26 @@ def main(argv=None):
     every_prompt = [prompt for task_prompts in prompts.values() for prompt in task_prompts]
     plain = (Decoder(target, 1, decoder_slots(target, None, every_prompt, args.max_new_tokens), **options)
              if args.speedup else None)
+    max_gamma = max(g for g in gammas if g != "auto")
     for name, draft in drafts.items():
-        if all((name, task, gamma, temperature) in done for task in prompts for gamma in gammas
-               for temperature in temperatures):
+        if all(cell_done(name, task, temperature) for task in prompts for temperature in temperatures):
             continue                                                  # measured before: resumed past
         speculative = SpeculativeDecoder(
-            target, draft, decoder_slots(target, draft, every_prompt, args.max_new_tokens, max(gammas)), **options)
+            target, draft, decoder_slots(target, draft, every_prompt, args.max_new_tokens, max_gamma), **options)
         for task, task_prompts in prompts.items():
             for temperature in temperatures:
-                todo = [gamma for gamma in gammas if (name, task, gamma, temperature) not in done]
-                if not todo:
+                if cell_done(name, task, temperature):
                     continue
-                # The baseline does not depend on gamma: one plain run per prompt, interleaved
-                # with that prompt's speculative runs (evaluate_pair says why).
-                for row in evaluate_pair(target, draft, task_prompts, todo, temperature, args.max_new_tokens,
+                # A (draft, task, T) cell is measured whole: the baseline does not depend on
+                # gamma (one plain run per prompt, interleaved with that prompt's speculative
+                # runs: evaluate_pair says why), and gamma "auto" counts acceptance on the cell's
+                # fixed gammas first.
+                for row in evaluate_pair(target, draft, task_prompts, gammas, temperature, args.max_new_tokens,
                                          stop_ids=tok.stop_ids, seed=args.seed, plain=plain, **options,
-                                         decoder=speculative):
+                                         decoder=speculative, draft_modes=draft_modes):
                     report["results"].append({"draft": name, "task": task, **row})
                     timing = f", speed-up {row['speedup']:.2f}x" if args.speedup else ""
-                    print(f"{name:>12} {task:>10} T={temperature:g} gamma={row['gamma']}: tau "
+                    print(f"{name:>12} {task:>10} T={temperature:g} gamma={row['gamma']} {row['draft_mode']}: tau "
                           f"{row['block_efficiency']:.2f} ± {row['ci95']:.2f}, alpha {row['acceptance_rate']:.3f}{timing}",
                           flush=True)
                 write_atomically(args.out, json.dumps(report, indent=1))

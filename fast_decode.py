@@ -13,10 +13,12 @@ GPU needs to run it: the GPU waits for the CPU. Three remedies, each optional:
                     then replays it with one launch. speculative.py writes its steps so that they
                     can be recorded: every input and output lives at a fixed address on the device
                     and no step asks the host a question (a prompt too: it goes in as recorded
-                    chunks of a fixed length, _Graphs.prefill).
+                    chunks of a fixed length). StepRunner is how a decoder runs its steps either
+                    way, eagerly or recorded.
 On a CPU the launches are cheap and the bytes are not; there the remedies are for the BLAS
 library's slow paths through products of one or a few rows, a decode step's and a verify pass's
-(FewRowLinear), and for the draft's LM head (ShortlistHead).
+(FewRowLinear), for the draft's LM head (ShortlistHead), and fewer bytes per weight (quantize.py:
+the decode paths bf16-weights and int8-weights).
 DECODE_PATHS names the combinations that bench.py compares and the CLIs offer (--decode-path).
 """
 
@@ -28,9 +30,11 @@ import torch
 import torch.nn as nn
 
 from model import Llama
+from quantize import quantize_weights
 
 GPU_PATHS = ("graphs", "compile+graphs", "fused+compile+graphs")      # need the models on a CUDA GPU
-DECODE_PATHS = ("eager", "few-row-matmuls") + GPU_PATHS
+QUANTIZED_PATHS = {"bf16-weights": "bfloat16", "int8-weights": "int8"}  # a CPU's: quantize.py
+DECODE_PATHS = ("eager", "few-row-matmuls", *QUANTIZED_PATHS) + GPU_PATHS
 
 
 class FewRowLinear(nn.Linear):
@@ -40,13 +44,13 @@ class FewRowLinear(nn.Linear):
     verify pass multiplies gamma + 1 rows by every weight matrix. Asked for x W^T with a few
     rows, MKL on a CPU takes a general matrix-product path that costs several times the 1-row
     product; asked for W x^T -- a tall matrix times a few columns -- it streams W once, on every
-    core (BENCHMARKS.md sections 0b and 0f have the timings). Two details decide whether it does:
+    core (BENCHMARKS.md has the timings). Two details decide whether it does:
       - x must be row-major, so that x^T is a transposed view: the same product with x^T stored
-        column by column took 3.5 times as long on the CPU of section 0f. The output (W x^T)^T is
-        such a transposed view, so it is made contiguous before the next layer reads it.
+        column by column is several times slower. The output (W x^T)^T is such a transposed
+        view, so it is made contiguous before the next layer reads it.
       - one row. W x^T with one column is a matrix-vector product, another routine; on some CPUs
-        it streams W at less than half the speed of the 2-column product (section 0f: a whole
-        SmolLM2 step 40 ms against 22 ms). `one_row_as_two` then gives the row twice and keeps
+        it streams W at less than half the speed of the 2-column product (docs/findings.md).
+        `one_row_as_two` then gives the row twice and keeps
         one copy of the result; few_row_matmuls decides it per model by timing a step both ways,
         so that plain decoding on this path is never slower than on the library's own products.
     With more rows (training, prefill) the usual product is the right one."""
@@ -100,9 +104,10 @@ def faster_as_two_rows(model: Llama, linears: list[FewRowLinear], repeats: int =
 
 
 class ShortlistHead(nn.Module):
-    """A draft's LM head over a shortlist of the vocabulary: logits for the shortlisted tokens,
-    -inf for every other one, so the draft's distribution is q restricted to the shortlist and
-    renormalised, and q(x) = 0 for every x outside it.
+    """A draft's LM head over a shortlist S of the vocabulary: logits (..., K) for the K
+    shortlisted tokens `token_ids` (sorted), so the draft's distribution q is over S, and
+    q(x) = 0 for every x outside it. The decoder maps a drafted index back to its token id
+    (SpeculativeDecoder.block) and `verify` takes q over S (its draft_vocab).
 
     Why it is still lossless. Speculative sampling (PAPER.md section 4.1) returns exactly the
     target's distribution p for ANY draft distribution q: a drafted x is kept with probability
@@ -115,23 +120,21 @@ class ShortlistHead(nn.Module):
     Why it pays. SmolLM2's head is a 49,152 x 576 matrix, as many bytes as 8 of its blocks: on a
     CPU, where a step's cost follows the bytes it reads, it is a large share of a small draft's
     step, while the target writes nearly all of its answers with a few thousand tokens
-    (distill_data.answer_vocabulary picks them from the distillation data; BENCHMARKS.md section
-    0b has the coverage and the costs). On a GPU, where a small model's step follows its kernel
-    count, it gains nothing. The head's rows are copied (an untied matrix of shortlist x dim);
-    the model's embedding is untouched. For decoding only: save_model expects the usual head."""
+    (distill_data.answer_vocabulary picks them from the distillation data; BENCHMARKS.md has
+    the coverage and the costs). The draft's sampling then works on K numbers, not the whole
+    vocabulary. On a GPU, where a small model's step follows its kernel count, it gains nothing.
+    The head's rows are copied (an untied matrix of shortlist x dim); the model's embedding is
+    untouched. For decoding only: save_model expects the usual head."""
 
     def __init__(self, output: nn.Linear, token_ids: torch.Tensor):
         super().__init__()
         weight = output.weight.detach()
-        self.vocab_size = weight.shape[0]
         self.proj = nn.Linear(weight.shape[1], len(token_ids), bias=False, device=weight.device, dtype=weight.dtype)
         self.proj.weight = nn.Parameter(weight[token_ids.to(weight.device)].clone(), requires_grad=False)
         self.register_buffer("token_ids", token_ids.to(weight.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortlisted = self.proj(x)                                                 # (B, T, K)
-        logits = shortlisted.new_full((*x.shape[:-1], self.vocab_size), float("-inf"))
-        return logits.index_copy_(-1, self.token_ids, shortlisted)               # (B, T, vocab_size)
+        return self.proj(x)                                                        # (B, T, K)
 
 
 def shortlist_head(model: Llama, token_ids: list[int]) -> Llama:
@@ -178,7 +181,7 @@ def compile_blocks(model: Llama, backend: str = "inductor") -> Llama:
     are one piece of code with different weights, and torch.compile treats a module's weights as
     inputs, so it compiles the first block and every other block (of this model, and of any model
     with the same block shapes) reuses that compilation. Compile time is then one block's, not
-    n_layers times it (BENCHMARKS.md section 1 has both measured at the 7B shape). What
+    n_layers times it (BENCHMARKS.md has both measured at the 7B shape). What
     compiling buys -- each block's element-wise work (norms, RoPE, SwiGLU, residual adds) fused into
     few kernels -- is the same; only fusions across a block boundary are lost. A call with a new
     input shape compiles again, after which torch.compile makes the dimension that changed
@@ -194,7 +197,7 @@ def compile_blocks(model: Llama, backend: str = "inductor") -> Llama:
     # The work around the blocks too: the final norm and a cached call's RoPE angles and mask
     # (Llama.cache_inputs), each a handful of small kernels eagerly and one or two compiled. At
     # batch 1 a kernel costs a few microseconds whatever its size, so this makes a small draft's
-    # step cheaper by a larger share than the target's (BENCHMARKS.md section 0h).
+    # step cheaper by a larger share than the target's.
     model.norm.compile(fullgraph=True, backend=backend)
     model.cache_inputs = torch.compile(model.cache_inputs, fullgraph=True, backend=backend)
     return model
@@ -254,6 +257,89 @@ def garbage_collector_paused():
             gc.enable()
 
 
+PREFILL_CHUNK = 128     # slots per recorded prefill step: most chat prompts fit in one
+
+
+class StepRunner:
+    """How a decoder runs its steps: eagerly (the step is a plain Python function of tensors at
+    fixed addresses) or, with graphs=True on a CUDA GPU, each kind of step recorded once as a
+    CudaGraph and replayed. speculative.py's decoders call it where a step runs, in one line,
+    so the algorithm reads the same either way.
+
+    What the recordings need beyond that, kept here:
+      run         one recording per kind of step (`key`: its sampling settings, its gamma...),
+                  made on the kind's first use;
+      prefill     a prompt's keys and values, in chunks of a fixed length when recorded;
+      generator   the recordings draw from a generator of their own, registered with them;
+                  the caller's generator (or torch's default one) hands its state over before a
+                  call and takes it back after, so a recorded call draws the same random numbers
+                  as the eager one would."""
+
+    def __init__(self, device: torch.device, graphs: bool = False):
+        if graphs and device.type != "cuda":
+            raise ValueError("CUDA graphs need the model on a CUDA GPU; decode eagerly on this machine")
+        self.graphs, self.device, self.recorded, self.prefill_slots = graphs, device, {}, {}
+        self.own_generator = torch.Generator(device) if graphs else None
+        self.prefill_chunk = PREFILL_CHUNK if graphs else None      # None: a prompt in one call
+
+    def run(self, key, step):
+        """step() eagerly, or the replay of its recording for `key` (recorded on first use)."""
+        if not self.graphs:
+            return step()
+        if key not in self.recorded:
+            self.recorded[key] = CudaGraph(step, self.own_generator)
+        return self.recorded[key]()
+
+    def prefill(self, model: Llama, tokens: torch.Tensor, cache, first: int, end: int) -> None:
+        """Keys and values of the slots first..end-1 of tokens (B, n_slots) into the model's cache.
+
+        prefill_chunk=None: in one forward call. prefill_chunk=C: in calls over C slots each (at
+        most n_slots), the last one moved back to end at the last slot where it would run past
+        it, each one a recorded step when graphs are on. Why: a prompt's length changes from call
+        to call, so a one-call prefill cannot be recorded, and unrecorded a small model's forward
+        costs what launching its kernels costs (through torch.compile's blocks, several times a
+        recorded step), while a chunk has one shape for every prompt.
+        Why it is exact: a chunk past `end` writes slots the decoder has not reached, which it
+        overwrites before anything attends to them (the causal mask hides them; the same as a
+        rollback after a rejection), and a slot written twice gets the same keys and values
+        again (up to float rounding), from the same token, position and earlier slots.
+        """
+        if end <= first:
+            return
+        if self.prefill_chunk is None:
+            model.prefill(tokens[:, first:end], cache, torch.arange(first, end, device=tokens.device))
+            return
+        chunk = min(self.prefill_chunk, tokens.shape[1])
+        key = ("prefill", id(cache), chunk)
+        if key not in self.prefill_slots:      # the step's fixed tensors: the chunk's next slot, its offsets
+            self.prefill_slots[key] = (torch.zeros(1, dtype=torch.long, device=tokens.device),
+                                       torch.arange(chunk, device=tokens.device))
+        next_slot, offsets = self.prefill_slots[key]
+
+        def step():
+            slots = next_slot.clamp(max=tokens.shape[1] - chunk) + offsets        # (C,)
+            model.prefill(tokens.index_select(1, slots), cache, slots)
+            next_slot.add_(chunk)
+
+        next_slot.fill_(first)
+        for _ in range(-(-(end - first) // chunk)):        # ceil((end - first) / chunk) chunks
+            self.run(key, step)
+
+    @contextlib.contextmanager
+    def generator(self, generator: torch.Generator | None):
+        """The generator a call's steps draw from: the caller's own when eager; when recorded,
+        the recordings' generator, holding the caller's state for the call."""
+        if not self.graphs:
+            yield generator
+            return
+        source = generator or torch.cuda.default_generators[self.device.index or torch.cuda.current_device()]
+        self.own_generator.set_state(source.get_state())
+        try:
+            yield self.own_generator
+        finally:
+            source.set_state(self.own_generator.get_state())
+
+
 def apply_decode_path(models: list[Llama], path: str) -> dict:
     """Prepare the models for `path` (one of DECODE_PATHS), in place: fuse their projections,
     compile their blocks or switch their linear layers where it asks for it; return the
@@ -262,7 +348,9 @@ def apply_decode_path(models: list[Llama], path: str) -> dict:
         raise ValueError(f"unknown decode path {path!r}; choose one of {DECODE_PATHS}")
     if path in GPU_PATHS and not all(model.device.type == "cuda" for model in models):
         raise ValueError(f"decode path {path!r} needs the models on a CUDA GPU; "
-                         f"use 'eager' or 'few-row-matmuls' on this machine")
+                         f"use 'eager', 'few-row-matmuls' or a quantized path on this machine")
+    if path in QUANTIZED_PATHS and not all(model.device.type == "cpu" for model in models):
+        raise ValueError(f"decode path {path!r} is for a CPU; on a GPU use --dtype bfloat16 and a GPU path")
     for model in {id(m): m for m in models}.values():
         if path.startswith("fused"):
             fuse_projections(model)
@@ -270,4 +358,6 @@ def apply_decode_path(models: list[Llama], path: str) -> dict:
             compile_blocks(model)
         if path == "few-row-matmuls":
             few_row_matmuls(model)
+        if path in QUANTIZED_PATHS:
+            quantize_weights(model, QUANTIZED_PATHS[path])
     return {"graphs": path in GPU_PATHS}

@@ -37,7 +37,7 @@ w.r.t. the draft logits z, using  grad_z log q(x) = e_x - q  (one-hot of x minus
      the whole gradient, which Adam undoes (its update is invariant to a constant gradient scale,
      up to eps): that loss would train exactly like TVD. Per position, sigma_t changes the
      DIRECTION of the batch gradient, which is what makes TVD++ a different loss.
-   - tvdpp_datatoken (the project's reading until 2026-12-01): the samples are the data tokens
+   - tvdpp_datatoken (the data-token reading): the samples are the data tokens
      y_t ~ p_t, advantage normalised over the batch's masked positions:
        r_t = 1[p_t(y_t) > q_t(y_t)],  A_t = (r_t - mean(r)) / (std(r) + eps),
        loss = -sum_t m_t stopgrad(A_t) log q_t(y_t) / sum_t m_t.

@@ -203,7 +203,7 @@ class KVCache:
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
         self.start = (torch.zeros(batch_size, dtype=torch.long, device=device) if start is None
                       else start.to(device=device, dtype=torch.long))
-        self.max_len = max_len
+        self.max_len, self.dtype = max_len, dtype
 
     def attention_mask(self, input_pos: torch.Tensor) -> torch.Tensor:
         """(B, 1, T, max_len) bool: may the query at slot input_pos[t] of row b see key slot j?
@@ -377,9 +377,15 @@ class Llama(nn.Module):
         """What every block needs to decode the tokens at the cache slots input_pos (T,): their
         RoPE angles cos and sin, (B, T, head_dim/2) each, and the attention mask (B, 1, T, S).
         A method of its own so that fast_decode.compile_blocks can compile it like a block:
-        eagerly each of its small operations is a kernel of its own, at every model call."""
+        eagerly each of its small operations is a kernel of its own, at every model call.
+
+        The mask is ADDITIVE (0 where a key may be seen, -inf where not, in the cache's dtype),
+        made once per call from KVCache.attention_mask's booleans: given a boolean mask,
+        scaled_dot_product_attention converts it to this form itself, in every layer's call."""
         positions = cache.positions(input_pos)                                  # (B, T)
-        return self.rope_cos[positions], self.rope_sin[positions], cache.attention_mask(input_pos)
+        allowed = cache.attention_mask(input_pos)                               # (B, 1, T, S) bool
+        mask = torch.zeros(allowed.shape, dtype=cache.dtype, device=allowed.device)
+        return self.rope_cos[positions], self.rope_sin[positions], mask.masked_fill_(~allowed, float("-inf"))
 
     def prefill(self, tokens: torch.Tensor, cache: KVCache, input_pos: torch.Tensor) -> None:
         """Write the keys and values of a prompt's tokens (B, T) into the cache slots input_pos,

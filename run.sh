@@ -17,8 +17,7 @@
 # Every step resumes: re-running the command skips finished work and continues interrupted work.
 # Each knob can be overridden from the environment, e.g. LOSSES="kld tvdpp_datatoken" bash run.sh;
 # TRAIN_COMPILE=--compile compiles the blocks of the models being trained and of the teacher
-# (train.py --compile; off by default: on the smollm2 preset it saved 3 of 80 ms per distillation
-# step and cost about 14 s more warm-up per phase, BENCHMARKS.md section 0d).
+# (train.py --compile; off by default: on the smollm2 preset its warm-up costs more than it saves).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -27,25 +26,29 @@ SEED=${SEED:-0}
 RUN=${RUN:-runs/$PRESET}
 : "${LOSSES:=kld tvd tvdpp lk lk_hybrid}"
 case "$PRESET" in
-  cpu)  # sized for a few minutes on 2 CPU cores (README: measured times)
+  cpu)  # sized for minutes on 2 CPU cores (README: measured times)
     : "${VOCAB:=1024}" "${TARGET_STEPS:=350}" "${DRAFT_STEPS:=500}" "${DISTILL_STEPS:=150}" "${BATCH:=32}"
     : "${SETTINGS_PER_PROMPT:=2}" "${GEN_BATCH:=64}" "${MAX_NEW:=128}" "${DRAFT:=cpu-draft}"
-    : "${EVAL_GAMMAS:=2,4,6}" "${EVAL_PROMPTS:=8}" "${EVAL_MAX_NEW:=48}" "${DEVICE:=cpu}" "${CKPT_INTERVAL:=100}"
-    : "${DECODE_PATH:=eager}" "${EVAL_FLAGS:=}" ;;
-  gpu)  # sized for about 10 minutes on one H100 / H200
+    : "${EVAL_GAMMAS:=2,4,6,auto}" "${EVAL_PROMPTS:=8}" "${EVAL_MAX_NEW:=48}" "${DEVICE:=cpu}" "${CKPT_INTERVAL:=100}"
+    : "${DECODE_PATH:=eager}" "${EVAL_FLAGS:=--speedup}" ;;
+  gpu)  # sized for minutes on one H100 / H200 (BENCHMARKS.md: measured times)
     : "${VOCAB:=1024}" "${TARGET_STEPS:=1500}" "${DRAFT_STEPS:=1500}" "${DISTILL_STEPS:=600}" "${BATCH:=64}"
     : "${SETTINGS_PER_PROMPT:=1}" "${GEN_BATCH:=256}" "${MAX_NEW:=192}" "${DRAFT:=gpu-draft}"
-    : "${EVAL_GAMMAS:=1,2,4,6}" "${EVAL_PROMPTS:=10}" "${EVAL_MAX_NEW:=128}" "${DEVICE:=cuda}" "${CKPT_INTERVAL:=500}"
-    : "${DECODE_PATH:=graphs}" "${EVAL_FLAGS:=}" ;;
-  smollm2)  # the real chat model; one H200: 9.6 minutes (README); on a GPU the fastest decode path
+    : "${EVAL_GAMMAS:=1,2,4,6,auto}" "${EVAL_PROMPTS:=10}" "${EVAL_MAX_NEW:=128}" "${DEVICE:=cuda}" "${CKPT_INTERVAL:=500}"
+    : "${DECODE_PATH:=graphs}" "${EVAL_FLAGS:=--speedup}" ;;
+  smollm2)  # the real chat model (README: measured times); on a GPU the fastest decode path
     # DRAFT_FROM_TARGET=N: the draft starts as the target's embedding, first N blocks and head
-    # (README, the headline experiment); a trained model needs smaller steps than a random one.
+    # (README, the real chat model); a trained model needs smaller steps than a random one. Its
+    # embedding (tied head) stays the target's (FREEZE_EMBEDDINGS=1), so the trained draft can be
+    # stored without it (checkpoints.save_model's embedding_from; drafts/smollm2/ is one).
     # DRAFT_FROM_TARGET=0: a draft from scratch, the preset $DRAFT.
     : "${DRAFT_FROM_TARGET:=4}"
-    if [ "$DRAFT_FROM_TARGET" != 0 ]; then : "${DRAFT_STEPS:=300}" "${DRAFT_LR:=3e-4}" "${DISTILL_LR:=5e-4}"; fi
+    if [ "$DRAFT_FROM_TARGET" != 0 ]; then
+      : "${DRAFT_STEPS:=300}" "${DRAFT_LR:=3e-4}" "${DISTILL_LR:=5e-4}" "${FREEZE_EMBEDDINGS:=1}"
+    fi
     : "${DRAFT_STEPS:=2000}" "${DISTILL_STEPS:=500}" "${BATCH:=64}" "${MAX_LEN:=512}"
     : "${SETTINGS_PER_PROMPT:=2}" "${GEN_BATCH:=256}" "${MAX_NEW:=160}" "${DRAFT:=smollm2-draft-4l}"
-    : "${EVAL_GAMMAS:=1,2,3,4,5,6}" "${EVAL_PROMPTS:=8}" "${EVAL_MAX_NEW:=64}" "${DEVICE:=cuda}" "${CKPT_INTERVAL:=500}"
+    : "${EVAL_GAMMAS:=1,2,3,4,5,6,auto}" "${EVAL_PROMPTS:=8}" "${EVAL_MAX_NEW:=64}" "${DEVICE:=cuda}" "${CKPT_INTERVAL:=500}"
     : "${DECODE_PATH:=$([ "$DEVICE" = cuda ] && echo fused+compile+graphs || echo few-row-matmuls)}" "${WORLD_PRESET:=gpu}"
     # On a CPU the draft decodes over the 8,192 tokens SmolLM2 wrote most often (a cheaper head,
     # still lossless; README); on a GPU that gained nothing.
@@ -79,6 +82,7 @@ else
     --warmup 50 --eval-interval "$TARGET_STEPS" --ckpt-interval "$CKPT_INTERVAL" --log-interval 50 --seed "$SEED" --device "$DEVICE"
 fi
 TRAIN_FLAGS="--batch-size $BATCH ${MICRO_BATCH:+--micro-batch-size $MICRO_BATCH} ${MAX_LEN:+--max-len $MAX_LEN} ${TRAIN_COMPILE:-}"
+if [ "${FREEZE_EMBEDDINGS:-0}" = 1 ]; then TRAIN_FLAGS="$TRAIN_FLAGS --freeze-embeddings"; fi
 
 DRAFT_INIT="--preset $DRAFT"
 if [ "${DRAFT_FROM_TARGET:-0}" != 0 ]; then DRAFT_INIT="--init $TARGET --init-layers $DRAFT_FROM_TARGET"; fi
@@ -107,7 +111,7 @@ done
 stage "evaluation on the held-out tasks"
 python evaluate.py --target "$TARGET" --tokenizer "$TOK" --drafts "$DRAFTS" \
   --prompts "story=$WORLD/eval_story.jsonl,summary=$WORLD/eval_summary.jsonl,highlights=$WORLD/eval_highlights.jsonl" \
-  --gammas "$EVAL_GAMMAS" --temperatures 0,1 --n-prompts "$EVAL_PROMPTS" --max-new-tokens "$EVAL_MAX_NEW" \
+  --gammas "$EVAL_GAMMAS" --draft-modes "${DRAFT_MODES:-sample,argmax}" --temperatures 0,1 --n-prompts "$EVAL_PROMPTS" --max-new-tokens "$EVAL_MAX_NEW" \
   --preset "$PRESET" --seed "$SEED" --device "$DEVICE" --decode-path "$DECODE_PATH" $EVAL_FLAGS --out "${RESULTS:-$RUN/results.json}"
 stage "done"
 echo "== total $(( $(date +%s) - START )) s of wall time in this call ($(date -u +%FT%TZ))"

@@ -8,16 +8,23 @@ scoring one. So a cheap DRAFT q guesses gamma tokens, the TARGET p scores them a
 a rejection rule (`verify`, where the proof is) keeps the output distributed EXACTLY as the
 target alone would sample it.
 
-Everything here uses ONE function to turn logits into the processed next-token distribution
-(`sample_probs`), ONE sampler (`sample`; at temperature 0 the decoders take the argmax instead,
-`sample_token` and `verify_greedy` say why that is the same), and two decoders that keep their
-state on the device: `Decoder` (plain autoregressive decoding, batched: the baseline, and the
-engine of the distillation data) and `SpeculativeDecoder`. Each writes its step as a function of
-tensors at fixed addresses (the token buffer, the KV caches, the current length) that never asks
-the host anything, so that, on a GPU, the step can be recorded once as a CUDA graph and replayed
-(fast_decode.py); eagerly, the very same function is the readable reference. `generate`,
-`generate_batch` and `speculative_generate` are the one-call forms; `plain_tokens_per_s` times
-the baseline, and `python speculative.py --bench` times one prompt both ways.
+Read it top to bottom, in the order of the algorithm:
+  sampling            ONE function turns logits into the processed next-token distribution
+                      (`sample_probs`), ONE sampler draws from it (`sample`; at temperature 0 the
+                      decoders take the argmax instead, `sample_token` says why that is the same);
+  plain decoding      `Decoder`: batched, KV-cached autoregressive decoding, the baseline of
+                      every speed-up and the engine of the distillation data;
+  the rejection rule  `verify` (with its proof) and `verify_greedy` (the same rule at T = 0);
+  one block           `SpeculativeDecoder.block`: gamma draft tokens, one target pass, the rule;
+  the loop            `SpeculativeDecoder.generate`, and what it counted (`block_stats`);
+  timing              `warm_up` and `timed_plain_run`, the one timer of plain decoding that
+                      evaluate.py, bench.py and `python speculative.py --bench` share.
+
+Both decoders keep their state on the device and write each step as a function of tensors at
+fixed addresses (the token buffer, the KV caches, the current length) that never asks the host
+anything. Eagerly that function is the readable reference; on a GPU the same function is
+recorded once as a CUDA graph and replayed. A decoder runs its steps through
+fast_decode.StepRunner, in one line, and the reader of the eager path need not open it.
 """
 
 import argparse
@@ -108,6 +115,15 @@ def check_context(model: Llama, n_positions: int, what: str) -> None:
                          f"{model.config.max_seq_len}; shorten the prompt or max_new_tokens")
 
 
+DRAFT_MODES = ("sample", "argmax")      # the paper's rejection rule; the engines' argmax drafting
+
+
+def check_draft_mode(draft_mode: str) -> None:
+    if draft_mode not in DRAFT_MODES:
+        raise ValueError(f"unknown draft mode {draft_mode!r}; choose 'sample' (the rejection rule) or "
+                         "'argmax' (the draft proposes its argmax, as inference engines do)")
+
+
 def check_pair(target: Llama, draft: Llama, gamma: int) -> None:
     if target.config.vocab_size != draft.config.vocab_size:
         raise ValueError(f"draft vocabulary ({draft.config.vocab_size}) != target vocabulary "
@@ -123,91 +139,28 @@ def decoder_slots(target: Llama, draft: Llama | None, prompts: list[list[int]], 
     return 2 + min(max(map(len, prompts)) + max_new_tokens + gamma, context)
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for queued GPU work, so a host clock measures finished work."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def cut_at_stop(tokens: list[int], stop_ids: Collection[int]) -> list[int]:
     """tokens up to and including the first stop token (all of them if there is none)."""
     first = next((i for i, token in enumerate(tokens) if token in stop_ids), None)
     return tokens if first is None else tokens[: first + 1]
 
 
-PREFILL_CHUNK = 128     # slots per recorded prefill step (_Graphs.prefill): most chat prompts fit in one
-
-class _Graphs:
-    """What the two decoders share about CUDA graphs: one recording per kind of step (its
-    sampling settings, block length...), made on first use, and a generator of their own
-    registered with those recordings. Before a call the caller's generator (or torch's
-    default one) hands its state over, and takes it back after, so a graphed call draws the
-    same random numbers as the eager one would."""
-
-    def __init__(self, device: torch.device, enabled: bool):
-        if enabled and device.type != "cuda":
-            raise ValueError("CUDA graphs need the model on a CUDA GPU; decode eagerly on this machine")
-        self.enabled, self.recorded, self.prefill_slots = enabled, {}, {}
-        self.generator = torch.Generator(device) if enabled else None
-
-    def runner(self, key, step):
-        """step itself (eager), or its recording (graphs)."""
-        if not self.enabled:
-            return step
-        if key not in self.recorded:
-            self.recorded[key] = fast_decode.CudaGraph(step, self.generator)
-        return self.recorded[key]
-
-    def prefill(self, model: Llama, tokens: torch.Tensor, cache, first: int, end: int,
-                chunk: int | None) -> None:
-        """Keys and values of the slots first..end-1 of tokens (B, n_slots) into the model's cache.
-
-        chunk=None: in one forward call. chunk=C: in calls over C slots each (at most n_slots),
-        the last one moved back to end at the last slot where it would run past it, each one a
-        recorded step when graphs are on. Why: a prompt's length changes from call to call, so a
-        one-call prefill cannot be recorded, and unrecorded a small model's forward costs what
-        launching its kernels costs -- through torch.compile's blocks, several times the
-        recorded step (BENCHMARKS.md section 0e) -- while a chunk has one shape for every prompt.
-        Why it is exact: a chunk past `end` writes slots the decoder has not reached, which it
-        overwrites before anything attends to them (the causal mask hides them; the same as a
-        rollback after a rejection), and a slot written twice gets the same keys and values
-        again (up to float rounding), from the same token, position and earlier slots.
-        """
-        if end <= first:
-            return
-        if chunk is None:
-            slots = torch.arange(first, end, device=tokens.device)
-            model.prefill(tokens[:, first:end], cache, slots)
-            return
-        chunk = min(chunk, tokens.shape[1])
-        key = ("prefill", id(cache), chunk)
-        if key not in self.prefill_slots:      # the step's fixed tensors: the chunk's next slot, its offsets
-            self.prefill_slots[key] = (torch.zeros(1, dtype=torch.long, device=tokens.device),
-                                       torch.arange(chunk, device=tokens.device))
-        next_slot, offsets = self.prefill_slots[key]
-
-        def step():
-            slots = next_slot.clamp(max=tokens.shape[1] - chunk) + offsets        # (C,)
-            model.prefill(tokens.index_select(1, slots), cache, slots)
-            next_slot.add_(chunk)
-
-        next_slot.fill_(first)
-        run = self.runner(key, step)
-        for _ in range(-(-(end - first) // chunk)):        # ceil((end - first) / chunk) chunks
-            run()
-
-    def borrow(self, generator: torch.Generator | None, device: torch.device):
-        """The generator the steps use, and a function that ends the call."""
-        if not self.enabled:
-            return generator, lambda: None
-        source = generator or torch.cuda.default_generators[device.index or torch.cuda.current_device()]
-        self.generator.set_state(source.get_state())
-        return self.generator, lambda: source.set_state(self.generator.get_state())
-
-
 # ----------------------------------------------------------------------------------------------
 # Plain autoregressive decoding (the baseline, and the engine of data generation)
 # ----------------------------------------------------------------------------------------------
+
+def decode_step(model: Llama, tokens: torch.Tensor, cache, length: torch.Tensor, sampling: tuple,
+                generator) -> torch.Tensor:
+    """One plain step for every row of tokens (B, n_slots): feed the newest token (at slot
+    length - 1; the cache holds every slot before it), sample the next one, write it at slot
+    `length` and move length on. Returns the new tokens (B,)."""
+    newest = length - 1                                                            # (1,) its slot
+    logits = model(tokens.index_select(1, newest), cache, newest)[:, -1]          # (B, V)
+    token = sample_token(logits, sampling, generator)                              # (B,)
+    tokens.index_copy_(1, length, token[:, None])
+    length += 1
+    return token
+
 
 class Decoder:
     """Batched plain decoding of `batch_size` prompts in `n_slots` cache slots (prompt + new
@@ -216,24 +169,15 @@ class Decoder:
     where each row really begins.
 
     State on the device: tokens (B, n_slots), the KV cache, and length (1,): the slot the next
-    token goes into. `step` reads and writes only these, so with graphs=True (CUDA) it is
-    recorded once per sampling setting and replayed (fast_decode.py: the decode paths)."""
+    token goes into. `decode_step` reads and writes only these, so with graphs=True (CUDA) it
+    is recorded once per sampling setting and replayed (fast_decode.StepRunner)."""
 
     def __init__(self, model: Llama, batch_size: int, n_slots: int, graphs: bool = False):
         self.model, self.batch_size = model, batch_size
         self.cache = model.new_cache(batch_size, n_slots)
         self.tokens = torch.zeros(batch_size, n_slots, dtype=torch.long, device=model.device)
         self.length = torch.zeros(1, dtype=torch.long, device=model.device)
-        self.graphs = _Graphs(model.device, graphs)
-        self.prefill_chunk = PREFILL_CHUNK if graphs else None      # _Graphs.prefill says why
-
-    def step(self, sampling: tuple, generator) -> None:
-        """One token for every row: feed the newest token, sample the next, write it after it."""
-        newest = self.length - 1                                                   # (1,) its slot
-        logits = self.model(self.tokens.index_select(1, newest), self.cache, newest)[:, -1]      # (B, V)
-        token = sample_token(logits, sampling, generator)                                   # (B,)
-        self.tokens.index_copy_(1, self.length, token[:, None])
-        self.length += 1
+        self.steps = fast_decode.StepRunner(model.device, graphs)      # eager, or recorded steps
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
@@ -255,43 +199,23 @@ class Decoder:
         self.cache.start.copy_(torch.tensor([P - len(p) for p in prompts], device=device))
         self.length.fill_(P)
         # The prompt but its last token; each step feeds the newest token.
-        self.graphs.prefill(self.model, self.tokens, self.cache, 0, P - 1, self.prefill_chunk)
-        generator, give_back = self.graphs.borrow(generator, device)
+        self.steps.prefill(self.model, self.tokens, self.cache, 0, P - 1)
         sampling = (temperature, top_k, top_p)
-        step = self.graphs.runner(sampling, lambda: self.step(sampling, generator))
         stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
         made = 0
-        while made < max_new_tokens:
-            step()
-            made += 1
-            # Has every row stopped? Asked after every token: one host sync per token (the GPU
-            # idles for a launch, microseconds against a step), so plain decoding never runs
-            # steps past a stop token, which would make it look slower than it is beside the
-            # speculative loop (which asks once per block).
-            if stop.numel() and bool(torch.isin(self.tokens[:, P: P + made], stop).any(-1).all()):
-                break
-        give_back()
+        with self.steps.generator(generator) as generator:
+            while made < max_new_tokens:
+                self.steps.run(sampling, lambda: decode_step(self.model, self.tokens, self.cache, self.length,
+                                                             sampling, generator))
+                made += 1
+                # Has every row stopped? Asked after every token: one host sync per token (the GPU
+                # idles for a launch, microseconds against a step), so plain decoding never runs
+                # steps past a stop token, which would make it look slower than it is beside the
+                # speculative loop (which asks once per block).
+                if stop.numel() and bool(torch.isin(self.tokens[:, P: P + made], stop).any(-1).all()):
+                    break
         rows = self.tokens[:, P: P + made].tolist()
         return [cut_at_stop(row, stop_ids) for row in rows]
-
-
-def generate_batch(model: Llama, prompts: list[list[int]], max_new_tokens: int,
-                   temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                   stop_ids: Collection[int] = (), generator: torch.Generator | None = None,
-                   pad_id: int = 0) -> list[list[int]]:
-    """Sample a continuation of every prompt (eager; see Decoder for the reusable, graphed form)."""
-    n_slots = max(len(p) for p in prompts) + max_new_tokens if prompts else 1
-    return Decoder(model, len(prompts), n_slots).generate(
-        prompts, max_new_tokens, temperature, top_k, top_p, stop_ids, generator, pad_id)
-
-
-def generate(model: Llama, prompt_ids, max_new_tokens: int, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, stop_ids: Collection[int] = (),
-             generator: torch.Generator | None = None) -> torch.Tensor:
-    """Plain autoregressive decoding of one prompt: a 1-D LongTensor of the new tokens."""
-    prompt = prompt_ids.tolist() if isinstance(prompt_ids, torch.Tensor) else list(prompt_ids)
-    new = generate_batch(model, [prompt], max_new_tokens, temperature, top_k, top_p, stop_ids, generator)[0]
-    return torch.tensor(new, dtype=torch.long)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -299,13 +223,16 @@ def generate(model: Llama, prompt_ids, max_new_tokens: int, temperature: float =
 # ----------------------------------------------------------------------------------------------
 
 def verify(draft_tokens: torch.Tensor, draft_probs: torch.Tensor, target_probs: torch.Tensor,
-           generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+           generator: torch.Generator | None = None,
+           draft_vocab: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The rejection-sampling rule for one block (PAPER.md 4.1), entirely on the device.
 
     draft_tokens x_1..x_gamma (gamma,) with x_i ~ q_i; draft_probs q (gamma, V); target_probs
     p (gamma + 1, V). Returns (n_accepted, next_token), both 0-dim tensors: x_1..x_n are kept,
     then next_token, the replacement for the first rejected token or, if all gamma were
-    accepted, a bonus token from p_{gamma+1}.
+    accepted, a bonus token from p_{gamma+1}. draft_vocab: for a draft over a shortlist S of the
+    vocabulary (fast_decode.ShortlistHead), the sorted token ids (K,) that draft_probs (gamma, K)
+    are over; q is 0 outside S (PAPER.md 4.3).
 
         accept x_i with probability min(1, p_i(x_i) / q_i(x_i)), in order, until one fails;
         the token after the n accepted ones ~ norm(max(p_{n+1} - q_{n+1}, 0)),  q_{gamma+1} := 0.
@@ -319,13 +246,17 @@ def verify(draft_tokens: torch.Tensor, draft_probs: torch.Tensor, target_probs: 
     """
     gamma = draft_tokens.shape[0]
     rows = torch.arange(gamma, device=draft_tokens.device)
-    p_x, q_x = target_probs[rows, draft_tokens], draft_probs[rows, draft_tokens]     # (gamma,)
+    in_draft_vocab = draft_tokens if draft_vocab is None else torch.searchsorted(draft_vocab, draft_tokens)
+    p_x, q_x = target_probs[rows, draft_tokens], draft_probs[rows, in_draft_vocab]   # (gamma,)
     u = torch.rand(gamma, device=draft_tokens.device, generator=generator)
     accepted = u * q_x < p_x                      # P(u < p/q) = min(1, p(x)/q(x)); q(x) > 0 as x ~ q
     n_accepted = accepted.long().cumprod(0).sum()                  # the accepted prefix's length
     q_next = torch.cat([draft_probs, torch.zeros_like(draft_probs[:1])]).index_select(0, n_accepted.view(1))[0]
     p_next = target_probs.index_select(0, n_accepted.view(1))[0]                     # (V,)
-    residual = (p_next - q_next).clamp(min=0)                                        # max(p - q, 0)
+    if draft_vocab is None:
+        residual = (p_next - q_next).clamp(min=0)                                    # max(p - q, 0)
+    else:                                          # q over S: subtract it at S's tokens only
+        residual = p_next.index_add(0, draft_vocab, q_next, alpha=-1).clamp(min=0)
     # A rejection implies p != q somewhere, so the residual has mass; guard against rounding.
     residual = torch.where(residual.sum() > 0, residual, p_next)
     return n_accepted, sample(residual / residual.sum(), generator)
@@ -341,8 +272,34 @@ def verify_greedy(draft_tokens: torch.Tensor, target_logits: torch.Tensor) -> tu
     where p has none), whose only token is t_{n+1}; after a full match the bonus token is
     t_{gamma+1}. So: accept while x_i = t_i, then write t_{n+1} -- the same result as verify() on
     the one-hot distributions, without building them or drawing random numbers."""
+    return keep_matching(draft_tokens, target_logits.argmax(dim=-1))               # t_i, (gamma + 1,)
+
+
+def verify_argmax(draft_tokens: torch.Tensor, target_probs: torch.Tensor,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rule of the inference engines (vLLM, SGLang, llama.cpp; PAPER.md 4.5), for a draft that
+    proposes its ARGMAX tokens: (n_accepted, next_token), as verify() returns them.
+
+    The target samples its own token at every position of the block, y_i ~ p_i for i = 1..gamma+1,
+    all from the one pass that scored the draft's tokens; the draft's x_i are kept while x_i = y_i,
+    and the block ends with y_{n+1}. Why the output is the target's: the block writes y_1..y_{n+1},
+    and y_i is drawn from p_i, the target's distribution given the context and x_1..x_{i-1} --
+    which equal y_1..y_{i-1}, since x_1..x_n matched. So every written token is the target's own
+    sample given everything written before it, whatever the draft proposed. (The draft only
+    decides how many of the target's samples one pass can keep.)
+
+    What it costs: x_i is kept with probability p_i(x_i) = p_i(argmax q_i), where the rejection
+    rule keeps a drafted token with probability sum_x min(p_i(x), q_i(x)) (PAPER.md 4.1). At
+    temperature 0 both are one-hot and the two rules are the same (verify_greedy). At T > 0 the
+    engine's rule rewards a draft whose argmax is the target's likeliest token, not one whose
+    whole distribution matches -- which is what TVD-like losses train for."""
+    return keep_matching(draft_tokens, sample(target_probs, generator))            # y_i ~ p_i, (gamma + 1,)
+
+
+def keep_matching(draft_tokens: torch.Tensor, target_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x_1..x_gamma against the target's tokens t_1..t_{gamma+1}: (n, t_{n+1}), n the length of
+    the prefix where x_i = t_i."""
     gamma = draft_tokens.shape[0]
-    target_tokens = target_logits.argmax(dim=-1)                                    # (gamma + 1,) t_i
     n_accepted = (draft_tokens == target_tokens[:gamma]).long().cumprod(0).sum()   # matching prefix
     return n_accepted, target_tokens.index_select(0, n_accepted.view(1))[0]
 
@@ -372,28 +329,41 @@ class SpeculativeDecoder:
         self.tokens = torch.zeros(1, n_slots, dtype=torch.long, device=device)
         self.length = torch.zeros(1, dtype=torch.long, device=device)
         self.offsets = torch.arange(n_slots, device=device)
-        self.graphs = _Graphs(device, graphs)
-        self.prefill_chunk = PREFILL_CHUNK if graphs else None      # _Graphs.prefill says why
+        self.steps = fast_decode.StepRunner(device, graphs)           # eager, or recorded blocks
+        self.costs = {}        # (sampling, draft_mode) -> this machine's step costs (measure_costs)
+        self.acceptance = {}   # (sampling, draft_mode) -> AcceptanceCounts over the calls so far
 
-    def block(self, gamma: int, sampling: tuple, generator) -> torch.Tensor:
+    def block(self, gamma: int, sampling: tuple, generator, draft_mode: str = "sample") -> torch.Tensor:
         """One block: the draft proposes gamma tokens, the target scores them in one pass, and
         the accepted prefix plus one more token are written after the sequence. Returns
-        [n_accepted, the gamma + 1 tokens now at the block's slots]: the one thing the host reads."""
+        [n_accepted, the gamma + 1 tokens now at the block's slots, the gamma drafted tokens]:
+        the one thing the host reads.
+
+        draft_mode "sample": the draft samples x_i ~ q_i and `verify` applies the rejection rule
+        (PAPER.md 4.1); "argmax": the draft proposes its argmax and `verify_argmax` keeps it while
+        it equals the target's own sample, as inference engines do. At temperature 0 both are
+        `verify_greedy`."""
         first = self.length.clone()                          # (1,) the block's first new slot
         offsets = self.offsets[: gamma + 1]
         greedy = sampling[0] == 0            # temperature 0: argmaxes, no distributions (verify_greedy)
-        # 1. The draft proposes x_1..x_gamma ~ q, fed the last two tokens, then each of its samples.
+        argmax = greedy or draft_mode == "argmax"
+        # A draft over a shortlist of the vocabulary (fast_decode.ShortlistHead) scores only its
+        # K tokens: its proposals are indices into draft_vocab, mapped to token ids here.
+        draft_vocab = getattr(self.draft.output, "token_ids", None)
+        # 1. The draft proposes x_1..x_gamma, fed the last two tokens, then each of its proposals.
         draft_slots = first - 2 + offsets[:2]
         draft_input = self.tokens.index_select(1, draft_slots)                     # (1, 2)
         draft_tokens, draft_probs = [], []
         for i in range(gamma):
-            draft_logits = self.draft(draft_input, self.draft_cache, draft_slots)[:, -1]        # (1, V)
-            if greedy:
-                x = draft_logits.argmax(dim=-1)                                     # x_i, (1,)
+            draft_logits = self.draft(draft_input, self.draft_cache, draft_slots)[:, -1]    # (1, V) or (1, K)
+            if argmax:
+                x = draft_logits.argmax(dim=-1)                                     # x_i = argmax q_i, (1,)
             else:
                 q = sample_probs(draft_logits, *sampling)                           # q_i
                 x = sample(q, generator)                                            # x_i ~ q_i, (1,)
                 draft_probs.append(q)
+            if draft_vocab is not None:
+                x = draft_vocab[x]
             draft_tokens.append(x)
             draft_input, draft_slots = x[:, None], first + offsets[i: i + 1]
         draft_tokens = torch.cat(draft_tokens)                                       # (gamma,)
@@ -403,73 +373,191 @@ class SpeculativeDecoder:
         target_logits = self.target(target_input, self.target_cache, first - 1 + offsets)[0]   # (gamma + 1, V)
         if greedy:
             n_accepted, next_token = verify_greedy(draft_tokens, target_logits)
+        elif argmax:
+            n_accepted, next_token = verify_argmax(draft_tokens, sample_probs(target_logits, *sampling), generator)
         else:
             target_probs = sample_probs(target_logits, *sampling)                     # (gamma + 1, V)
-            n_accepted, next_token = verify(draft_tokens, torch.cat(draft_probs), target_probs, generator)
+            n_accepted, next_token = verify(draft_tokens, torch.cat(draft_probs), target_probs, generator,
+                                            draft_vocab)
 
         # 3. Keep x_1..x_n and the next token; the sequence grows by n + 1.
         self.tokens.index_copy_(1, first + offsets[:gamma], draft_tokens[None])
         self.tokens.index_copy_(1, first + n_accepted.view(1), next_token.view(1, 1))
         self.length += n_accepted + 1
-        return torch.cat([n_accepted.view(1), self.tokens[0].index_select(0, first + offsets)])
+        return torch.cat([n_accepted.view(1), self.tokens[0].index_select(0, first + offsets), draft_tokens])
+
+    def start(self, prompt: list[int], pad_id: int = 0) -> None:
+        """Write the prompt into slots 1..P and both caches: the target's up to all but the
+        newest token, the draft's up to all but the newest two (the block's invariant)."""
+        P = len(prompt)
+        self.tokens[0, : P + 1] = torch.tensor([pad_id] + prompt, device=self.tokens.device)
+        self.length.fill_(P + 1)
+        self.steps.prefill(self.target, self.tokens, self.target_cache, 1, P)
+        self.steps.prefill(self.draft, self.tokens, self.draft_cache, 1, P - 1)
 
     @torch.no_grad()
-    def generate(self, prompt_ids, max_new_tokens: int, gamma: int = 4, temperature: float = 1.0,
+    def generate(self, prompt_ids, max_new_tokens: int, gamma: int | str = 4, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, stop_ids: Collection[int] = (),
-                 generator: torch.Generator | None = None, pad_id: int = 0) -> tuple[torch.Tensor, dict]:
-        """(new tokens, stats): exactly max_new_tokens tokens, fewer if a stop token comes first."""
-        check_pair(self.target, self.draft, gamma)
+                 generator: torch.Generator | None = None, pad_id: int = 0,
+                 draft_mode: str = "sample") -> tuple[torch.Tensor, dict]:
+        """(new tokens, stats): exactly max_new_tokens tokens, fewer if a stop token comes first.
+        stats (block_stats) also lists every block as (drafted tokens, n accepted, next token).
+
+        gamma="auto": before every block, the gamma with the most expected tokens per second
+        (choose_gamma) from the step costs measure_costs recorded and the acceptance per draft
+        position counted so far (over this decoder's earlier calls and this one's blocks); a
+        gamma of 0 is a plain step of the target alone, when no block is predicted to beat it."""
+        auto = gamma == "auto"
+        check_pair(self.target, self.draft, 1 if auto else gamma)
         check_sampling(temperature, top_k, top_p)
+        check_draft_mode(draft_mode)
         prompt = [int(t) for t in (prompt_ids.tolist() if isinstance(prompt_ids, torch.Tensor) else prompt_ids)]
         P = len(prompt)
         if P == 0:
             raise ValueError("the prompt needs at least one token (e.g. the BOS token)")
         for model in (self.target, self.draft):
             check_context(model, P + max_new_tokens, "speculative decoding")
+        sampling = (temperature, top_k, top_p)
+        if temperature == 0:
+            draft_mode = "sample"             # at T = 0 both modes are verify_greedy: one recording
+        key = (sampling, draft_mode)
+        if auto and key not in self.costs:
+            raise ValueError("gamma='auto' needs this machine's step costs: call measure_costs(prompt, "
+                             "temperature, top_k, top_p, draft_mode) first")
+        max_gamma = max(self.costs[key]["block"]) if auto else gamma
         # Blocks may draft past max_new_tokens (the extra tokens are dropped), never past either
         # model's context: near its end a block drafts fewer than gamma tokens.
         context = min(self.target.config.max_seq_len, self.draft.config.max_seq_len)
-        if decoder_slots(self.target, self.draft, [prompt], max_new_tokens, gamma) > self.tokens.shape[1]:
-            raise ValueError(f"a prompt of {P} tokens, {max_new_tokens} new ones and gamma {gamma} do not fit "
+        if decoder_slots(self.target, self.draft, [prompt], max_new_tokens, max_gamma) > self.tokens.shape[1]:
+            raise ValueError(f"a prompt of {P} tokens, {max_new_tokens} new ones and gamma {max_gamma} do not fit "
                              f"the decoder's {self.tokens.shape[1]} slots")
-        device = self.target.device
-        synchronize(device)
+        counts = self.acceptance.setdefault(key, AcceptanceCounts())
+        synchronize(self.target.device)
         started = time.perf_counter()
-        self.tokens[0, : P + 1] = torch.tensor([pad_id] + prompt, device=device)
-        self.length.fill_(P + 1)
-        # The target sees all but the newest token, the draft all but the newest two.
-        self.graphs.prefill(self.target, self.tokens, self.target_cache, 1, P, self.prefill_chunk)
-        self.graphs.prefill(self.draft, self.tokens, self.draft_cache, 1, P - 1, self.prefill_chunk)
-        generator, give_back = self.graphs.borrow(generator, device)
-        sampling = (temperature, top_k, top_p)
-        new_tokens, accepted_per_block, drafted_per_block, n_tokens = [], [], [], P
-        while len(new_tokens) < max_new_tokens:
-            block_gamma = min(gamma, context - n_tokens)      # = gamma except at the end of a context
-            run = self.graphs.runner((block_gamma, sampling),
-                                     lambda: self.block(block_gamma, sampling, generator))
-            n_accepted, *window = run().tolist()              # the one host sync per block
-            new_tokens += cut_at_stop(window[: n_accepted + 1], stop_ids)
-            accepted_per_block.append(n_accepted)
-            drafted_per_block.append(block_gamma)
-            n_tokens += n_accepted + 1
-            if new_tokens and new_tokens[-1] in stop_ids:
-                break
-        give_back()
+        self.start(prompt, pad_id)
+        new_tokens, blocks, n_tokens, draft_end = [], [], P, P - 1     # the draft holds slots < draft_end
+        with self.steps.generator(generator) as generator:
+            while len(new_tokens) < max_new_tokens:
+                chosen = choose_gamma(counts.alphas(max_gamma), self.costs[key]) if auto else gamma
+                block_gamma = min(chosen, context - n_tokens)     # = gamma except at the end of a context
+                if block_gamma == 0:                              # a plain step; the draft falls behind
+                    token = self.steps.run(("plain", sampling), lambda: decode_step(
+                        self.target, self.tokens, self.target_cache, self.length, sampling, generator))
+                    n_accepted, drafted, window = 0, [], token.tolist()
+                else:
+                    if draft_end < n_tokens - 1:                  # catch the draft up after plain steps
+                        self.steps.prefill(self.draft, self.tokens, self.draft_cache, draft_end, n_tokens - 1)
+                    read = self.steps.run((block_gamma, sampling, draft_mode),
+                                          lambda: self.block(block_gamma, sampling, generator, draft_mode))
+                    n_accepted, *read = read.tolist()             # the one host sync per block
+                    window, drafted = read[: block_gamma + 1], read[block_gamma + 1:]
+                    draft_end = n_tokens + n_accepted             # all but the newest two, after it
+                    counts.add(n_accepted, block_gamma)
+                new_tokens += cut_at_stop(window[: n_accepted + 1], stop_ids)
+                blocks.append((drafted, n_accepted, window[n_accepted]))
+                n_tokens += n_accepted + 1
+                if new_tokens and new_tokens[-1] in stop_ids:
+                    break
         seconds = time.perf_counter() - started
         new_tokens = new_tokens[:max_new_tokens]
-        return torch.tensor(new_tokens, dtype=torch.long), block_stats(
-            accepted_per_block, drafted_per_block, len(new_tokens), seconds)
+        stats = block_stats([n for _, n, _ in blocks], [len(drafted) for drafted, _, _ in blocks],
+                            len(new_tokens), seconds)
+        return torch.tensor(new_tokens, dtype=torch.long), {**stats, "blocks": blocks}
+
+    @torch.no_grad()
+    def measure_costs(self, prompt: list[int], temperature: float = 1.0, top_k: int | None = None,
+                      top_p: float | None = None, draft_mode: str = "sample", max_gamma: int = 6,
+                      repeats: int = 5) -> dict:
+        """Seconds of a plain step of the target and of a block of each gamma = 1..max_gamma on
+        this machine, as the decode loop runs them (each followed by the host's read of its
+        result), the median of `repeats` after an untimed first run (which records or compiles),
+        at the prompt's position. The cost of a block does not depend on how many of its tokens
+        are accepted: the draft's and the target's passes are the same work either way. Kept for
+        gamma="auto" (choose_gamma) under these sampling settings, and returned:
+        {"plain": seconds, "block": {gamma: seconds}}. Draws from a generator of its own."""
+        check_sampling(temperature, top_k, top_p)
+        check_draft_mode(draft_mode)
+        sampling = (temperature, top_k, top_p)
+        draft_mode = "sample" if temperature == 0 else draft_mode
+        if len(prompt) + max_gamma + 2 > self.tokens.shape[1]:
+            raise ValueError(f"a prompt of {len(prompt)} tokens and blocks of up to {max_gamma} do not fit the "
+                             f"decoder's {self.tokens.shape[1]} slots")
+        self.start(prompt)
+        first = len(prompt) + 1
+
+        def median_seconds(key, step) -> float:
+            self.steps.run(key, step)                              # untimed: records, compiles
+            times = []
+            for _ in range(repeats):
+                self.length.fill_(first)
+                synchronize(self.target.device)
+                started = time.perf_counter()
+                self.steps.run(key, step).tolist()
+                times.append(time.perf_counter() - started)
+            return sorted(times)[repeats // 2]
+
+        with self.steps.generator(torch.Generator(self.target.device).manual_seed(0)) as generator:
+            plain = median_seconds(("plain", sampling), lambda: decode_step(
+                self.target, self.tokens, self.target_cache, self.length, sampling, generator))
+            blocks = {g: median_seconds((g, sampling, draft_mode),
+                                        lambda g=g: self.block(g, sampling, generator, draft_mode))
+                      for g in range(1, max_gamma + 1)}
+        self.costs[(sampling, draft_mode)] = {"plain": plain, "block": blocks}
+        return self.costs[(sampling, draft_mode)]
 
 
-def speculative_generate(target: Llama, draft: Llama, prompt_ids, max_new_tokens: int,
-                         gamma: int = 4, temperature: float = 1.0, top_k: int | None = None,
-                         top_p: float | None = None, stop_ids: Collection[int] = (),
-                         generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
-    """Decode one prompt speculatively (eager; see SpeculativeDecoder for the reusable, graphed form)."""
-    check_pair(target, draft, gamma)
-    n_slots = decoder_slots(target, draft, [prompt_ids], max_new_tokens, gamma)
-    return SpeculativeDecoder(target, draft, n_slots).generate(
-        prompt_ids, max_new_tokens, gamma, temperature, top_k, top_p, stop_ids, generator)
+# ----------------------------------------------------------------------------------------------
+# Choosing gamma from measurements (PAPER.md 5.5)
+# ----------------------------------------------------------------------------------------------
+
+def expected_tokens(alphas: list[float], gamma: int) -> float:
+    """E[tokens per block] = 1 + alpha_1 + alpha_1 alpha_2 + ... + alpha_1 ... alpha_gamma, with
+    alpha_k the acceptance of the k-th draft token given the first k - 1 were accepted: the k-th
+    token is kept iff the first k all are, and every block ends with one token of the target's."""
+    total, kept = 1.0, 1.0
+    for alpha in alphas[:gamma]:
+        kept *= alpha
+        total += kept
+    return total
+
+
+def choose_gamma(alphas: list[float], costs: dict) -> int:
+    """The gamma whose block makes the most expected tokens per second, expected_tokens(alphas,
+    gamma) / costs["block"][gamma], or 0 (plain decoding) when none beats a plain step's
+    1 / costs["plain"]. alphas: alpha_k for k = 1 .. the largest gamma in costs."""
+    best, best_rate = 0, 1.0 / costs["plain"]
+    for gamma, seconds in sorted(costs["block"].items()):
+        rate = expected_tokens(alphas, gamma) / seconds
+        if rate > best_rate:
+            best, best_rate = gamma, rate
+    return best
+
+
+class AcceptanceCounts:
+    """Acceptance tests and acceptances per draft position, counted over blocks, and the
+    alpha_k they estimate for choose_gamma. A position seldom tested (the 5th token when blocks
+    rarely accept 4) borrows from the acceptance of all positions: alpha_k = (accepted_k +
+    m alpha) / (tested_k + m), with alpha = (accepted + 1) / (tests + 2) over every position and
+    m = PRIOR_TESTS pseudo-tests. With nothing counted yet every alpha_k is 1/2."""
+    PRIOR_TESTS = 4
+
+    def __init__(self):
+        self.tested, self.accepted = [], []
+
+    def add(self, n_accepted: int, drafted: int) -> None:
+        """One block that drafted `drafted` tokens and accepted the first n_accepted of them."""
+        for k in range(min(n_accepted + 1, drafted)):            # positions 1 .. n+1 were tested
+            if k == len(self.tested):
+                self.tested.append(0)
+                self.accepted.append(0)
+            self.tested[k] += 1
+            self.accepted[k] += k < n_accepted
+
+    def alphas(self, n: int) -> list[float]:
+        overall = (sum(self.accepted) + 1) / (sum(self.tested) + 2)
+        counted = lambda counts, k: counts[k] if k < len(counts) else 0      # noqa: E731
+        return [(counted(self.accepted, k) + self.PRIOR_TESTS * overall) / (counted(self.tested, k) + self.PRIOR_TESTS)
+                for k in range(n)]
 
 
 def block_stats(accepted_per_block: list[int], drafted_per_block: list[int], n_tokens: int,
@@ -481,16 +569,24 @@ def block_stats(accepted_per_block: list[int], drafted_per_block: list[int], n_t
     acceptance_rate alpha = accepted draft tokens / accept tests made: a block that stops at a
     rejection made n+1 tests, a fully accepted block made as many as it drafted. (Dividing by
     gamma per block instead would undercount alpha: tokens after a rejection are never tested.)
+    Per draft position k = 1, 2, ...: tested_at[k-1] blocks tested their k-th token (those that
+    drafted k or more and accepted the first k-1), accepted_at[k-1] accepted it, so
+    alpha_k = accepted_at[k-1] / tested_at[k-1] is the CONDITIONAL acceptance of the k-th token
+    given the first k-1 were accepted (PAPER.md 5.2).
     """
     blocks = len(accepted_per_block)
     accepted = sum(accepted_per_block)
     tests = sum(n + (n < drafted) for n, drafted in zip(accepted_per_block, drafted_per_block))
+    positions = range(1, max(drafted_per_block, default=0) + 1)
     return {
         "block_efficiency": (accepted + blocks) / blocks if blocks else float("nan"),
         "acceptance_rate": accepted / tests if tests else float("nan"),
         "accepted_per_block": accepted_per_block,
         "drafted_per_block": drafted_per_block,
         "accept_tests": tests,
+        "tested_at": [sum(n >= k - 1 and drafted >= k for n, drafted in zip(accepted_per_block, drafted_per_block))
+                      for k in positions],
+        "accepted_at": [sum(n >= k for n in accepted_per_block) for k in positions],
         "target_calls": blocks,
         "draft_calls": sum(drafted_per_block),
         "new_tokens": n_tokens,
@@ -502,6 +598,12 @@ def block_stats(accepted_per_block: list[int], drafted_per_block: list[int], n_t
 # Timing: the untimed warm-up and the plain baseline (evaluate.py measures its grid with them)
 # ----------------------------------------------------------------------------------------------
 
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so a host clock measures finished work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def warm_up(generate, prompts: list[list[int]]) -> None:
     """Untimed: generate(prompt) for every prompt (a few tokens each), so that the timed runs
     after it pay no one-off costs: torch.compile compiles on first use (and again for input
@@ -512,26 +614,11 @@ def warm_up(generate, prompts: list[list[int]]) -> None:
         generate(prompt)
 
 
-def plain_tokens_per_s(target: Llama, prompts: list[list[int]], max_new_tokens: int, temperature: float,
-                       top_k: int | None = None, top_p: float | None = None, stop_ids=(), seed: int = 0,
-                       graphs: bool = False, decoder: Decoder | None = None) -> float:
-    """The baseline: tokens/s of plain decoding of `prompts` (prompt i seeded seed + i), warmed
-    up first. `decoder`: a Decoder of `target` (batch 1) with slots for every prompt, to reuse
-    across calls (its recorded steps with it); by default a new one."""
-    plain = decoder or Decoder(target, 1, decoder_slots(target, None, prompts, max_new_tokens), graphs)
-    warm_up(lambda prompt: plain.generate([prompt], 2, temperature, top_k, top_p), prompts)
-    tokens = seconds = 0.0
-    for i, prompt in enumerate(prompts):
-        generator = torch.Generator(target.device).manual_seed(seed + i)
-        n_new, run_seconds = timed_plain_run(plain, prompt, max_new_tokens, temperature, top_k, top_p, stop_ids, generator)
-        tokens, seconds = tokens + n_new, seconds + run_seconds
-    return tokens / seconds
-
-
 def timed_plain_run(plain: Decoder, prompt: list[int], max_new_tokens: int, temperature: float,
                     top_k: int | None, top_p: float | None, stop_ids, generator) -> tuple[int, float]:
     """(new tokens, seconds) of plain decoding of one prompt with a batch-1 Decoder, timed as
-    SpeculativeDecoder.generate times itself: from an idle GPU to the last token on the host."""
+    SpeculativeDecoder.generate times itself: from an idle GPU to the last token on the host.
+    The one timer of the baseline: evaluate.py, bench.py and `--bench` all call it."""
     synchronize(plain.model.device)
     started = time.perf_counter()
     n_new = len(plain.generate([prompt], max_new_tokens, temperature, top_k, top_p, stop_ids, generator)[0])
@@ -543,12 +630,9 @@ def timed_plain_run(plain: Decoder, prompt: list[int], max_new_tokens: int, temp
 # Command line: decode one prompt (evaluate.py measures over many)
 # ----------------------------------------------------------------------------------------------
 
-def main(argv: list[str] | None = None) -> None:
-    from checkpoints import DTYPES, load_model
-    from tokenizer import chat_prompt, check_vocab, load_tokenizer
-
-    parser = argparse.ArgumentParser(description="Speculative decoding of one prompt with a draft and a target "
-                                     "(python evaluate.py --speedup measures tau and speed-up over many).")
+def decoding_arguments(description: str) -> argparse.ArgumentParser:
+    """The command line of one speculatively decoded prompt (here, and show.py's)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--target", required=True, help="target checkpoint (ours, HF or Meta directory, or .gguf)")
     parser.add_argument("--draft", required=True, help="draft checkpoint")
     parser.add_argument("--tokenizer", default=None,
@@ -556,55 +640,106 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompt", required=True, help="the prompt to decode")
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     parser.add_argument("--system", default=None, help="system prompt for --chat")
-    parser.add_argument("--gamma", type=int, default=4)
+    parser.add_argument("--gamma", default="auto",
+                        help="draft tokens per block, or 'auto' (the default): before every block, the gamma "
+                             "with the most expected tokens per second from this machine's measured step costs "
+                             "and the acceptance so far, 0 (a plain step) if no block pays (PAPER.md 5.5)")
+    parser.add_argument("--max-gamma", type=int, default=6, help="the largest gamma 'auto' considers")
+    parser.add_argument("--draft-mode", default="sample", choices=DRAFT_MODES,
+                        help="'sample': the draft samples and the rejection rule decides (PAPER.md 4.1); "
+                             "'argmax': the draft proposes its argmax, kept while it equals the target's own "
+                             "sample (the rule of vLLM, SGLang and llama.cpp; PAPER.md 4.5)")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None, choices=sorted(DTYPES))
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's)")
+    parser.add_argument("--draft-vocab", type=int, default=None,
+                        help="decode the draft over the N tokens the target wrote most often in --draft-vocab-data "
+                             "(fast_decode.ShortlistHead: cheaper draft steps on a CPU, still lossless)")
+    parser.add_argument("--draft-vocab-data", default=None,
+                        help="for --draft-vocab: the distillation data (distill.jsonl), or a draft's answer_counts.json")
     parser.add_argument("--decode-path", default="eager", choices=fast_decode.DECODE_PATHS,
-                        help="how decode steps run (fast_decode.py): 'eager' or 'few-row-matmuls' anywhere, "
-                             "the others on a GPU")
-    parser.add_argument("--bench", action="store_true",
-                        help="time it: warm up first, then decode the prompt speculatively and plainly (same "
-                             "settings, seed and decode path) and print both tokens/s and the speed-up")
-    args = parser.parse_args(argv)
+                        help="how decode steps run (fast_decode.py): 'eager' anywhere; on a CPU 'few-row-matmuls', or "
+                             "'bf16-weights' / 'int8-weights' (quantize.py: another, quantized target); the others "
+                             "on a GPU")
+    return parser
 
-    # Flags first: a typo should cost one sentence, not the minute it takes to load a 7B model.
-    if args.gamma < 1:
-        raise ValueError(f"--gamma (draft tokens per block) must be >= 1, got {args.gamma}")
+
+def load_for_decoding(args) -> tuple:
+    """Check the flags of decoding_arguments, then load: (tokenizer, prompt ids, target, draft,
+    a SpeculativeDecoder of the pair with its step costs measured if gamma is 'auto', sampling,
+    gamma, the decode path's options). Flags first: a typo should cost one sentence, not the
+    minute it takes to load a 7B model."""
+    from checkpoints import DTYPES, load_model
+    from tokenizer import chat_prompt, check_vocab, load_tokenizer
+    gamma = args.gamma if args.gamma == "auto" else int(args.gamma) if args.gamma.isdigit() else None
+    if gamma is None or gamma == 0:
+        raise ValueError(f"--gamma (draft tokens per block) must be >= 1 or 'auto', got {args.gamma!r}")
+    if args.max_gamma < 1:
+        raise ValueError(f"--max-gamma must be >= 1, got {args.max_gamma}")
     check_sampling(args.temperature, args.top_k, args.top_p)
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if (args.draft_vocab is None) != (args.draft_vocab_data is None) or (args.draft_vocab or 1) < 1:
+        raise ValueError("--draft-vocab N (>= 1) and --draft-vocab-data FILE go together; give both or neither")
+    if args.dtype is not None and args.dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(sorted(DTYPES))}, got {args.dtype!r}")
     tokenizer_path = args.tokenizer or (args.target if args.target.endswith(".gguf") else None)
     if tokenizer_path is None:
         raise ValueError("give --tokenizer (only a .gguf target carries its own tokenizer)")
     tok = load_tokenizer(tokenizer_path)
     target = load_model(args.target, args.device, DTYPES.get(args.dtype))
-    draft = load_model(args.draft, args.device, DTYPES.get(args.dtype))
+    draft = load_model(args.draft, args.device, DTYPES.get(args.dtype), base=args.target)   # base: a shipped draft
     check_vocab(tok, target.config.vocab_size, args.target)
-    check_pair(target, draft, args.gamma)
+    check_pair(target, draft, 1)
+    if args.draft_vocab is not None:
+        from distill_data import answer_vocabulary, load_answer_counts
+        fast_decode.shortlist_head(draft, answer_vocabulary(load_answer_counts(args.draft_vocab_data), args.draft_vocab)[0])
     options = fast_decode.apply_decode_path([target, draft], args.decode_path)
     prompt = chat_prompt(tok, args.prompt, args.system) if args.chat else tok.encode(args.prompt, bos=True)
-    decoder = SpeculativeDecoder(target, draft, decoder_slots(target, draft, [prompt], args.max_new_tokens, args.gamma),
+    for model in (target, draft):
+        check_context(model, len(prompt) + args.max_new_tokens, "the prompt and --max-new-tokens")
+    max_gamma = args.max_gamma if gamma == "auto" else gamma
+    decoder = SpeculativeDecoder(target, draft, decoder_slots(target, draft, [prompt], args.max_new_tokens, max_gamma),
                                  **options)
     sampling = (args.temperature, args.top_k, args.top_p)
+    if gamma == "auto":   # untimed, like every warm-up: records and compiles each block on the way
+        decoder.measure_costs(prompt, *sampling, args.draft_mode, max_gamma)
+    return tok, prompt, target, draft, decoder, sampling, gamma, options
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = decoding_arguments("Speculative decoding of one prompt with a draft and a target "
+                                "(python evaluate.py --speedup measures tau and speed-up over many).")
+    parser.add_argument("--bench", action="store_true",
+                        help="time it: warm up first, then decode the prompt speculatively and plainly (same "
+                             "settings, seed and decode path) and print both tokens/s and the speed-up")
+    args = parser.parse_args(argv)
+    tok, prompt, target, draft, decoder, sampling, gamma, options = load_for_decoding(args)
     if args.bench:   # untimed: compilation, graph recording and per-shape set-up happen here
-        warm_up(lambda p: decoder.generate(p, args.gamma + 1, args.gamma, *sampling), [prompt])
+        warm_up(lambda p: decoder.generate(p, min(args.max_new_tokens, args.max_gamma + 1), gamma, *sampling,
+                                           draft_mode=args.draft_mode), [prompt])
+        decoder.acceptance.clear()     # the warm-up's blocks are not "measured so far" for this run
     generator = torch.Generator(args.device).manual_seed(args.seed)
-    tokens, stats = decoder.generate(prompt, args.max_new_tokens, args.gamma, *sampling, tok.stop_ids, generator,
-                                     tok.pad_id)
+    tokens, stats = decoder.generate(prompt, args.max_new_tokens, gamma, *sampling, tok.stop_ids, generator,
+                                     tok.pad_id, args.draft_mode)
     print(tok.decode(tokens.tolist()))
     speculative_speed = stats["new_tokens"] / stats["seconds"]
+    gammas = sorted(set(stats["drafted_per_block"]))
     print(f"\n{stats['new_tokens']} tokens in {stats['seconds']:.2f} s ({speculative_speed:.1f} tokens/s"
           f"{'' if args.bench else ', first call: includes any compilation'}); block efficiency tau "
           f"{stats['block_efficiency']:.2f}, acceptance rate alpha {stats['acceptance_rate']:.3f} over "
-          f"{stats['target_calls']} target calls; target {count_params(target):,} / draft {count_params(draft):,} parameters")
-    if args.bench:
-        plain_speed = plain_tokens_per_s(target, [prompt], args.max_new_tokens, *sampling, tok.stop_ids, args.seed,
-                                         **options)
+          f"{stats['target_calls']} target calls, gamma {args.gamma} ({', '.join(map(str, gammas))} used); "
+          f"target {count_params(target):,} / draft {count_params(draft):,} parameters")
+    if args.bench:   # the same prompt, settings, seed and decode path, decoded plainly
+        plain = Decoder(target, 1, decoder_slots(target, None, [prompt], args.max_new_tokens), **options)
+        warm_up(lambda p: plain.generate([p], 2, *sampling), [prompt])
+        n_new, seconds = timed_plain_run(plain, prompt, args.max_new_tokens, *sampling, tok.stop_ids,
+                                         torch.Generator(args.device).manual_seed(args.seed))
+        plain_speed = n_new / seconds
         print(f"plain decoding of the same prompt: {plain_speed:.1f} tokens/s; speculative / plain = wall-clock "
               f"speed-up {speculative_speed / plain_speed:.2f}x (one prompt; evaluate.py --speedup measures many)")
 

@@ -168,9 +168,10 @@ def learning_rate(step: int, max_steps: int, lr: float, warmup: int, min_ratio: 
 
 
 def make_optimizer(model: Llama, lr: float, weight_decay: float):
-    """AdamW; weight decay on matrices only (not on norms), as in nanoGPT."""
-    matrices = [p for p in model.parameters() if p.dim() >= 2]
-    vectors = [p for p in model.parameters() if p.dim() < 2]
+    """AdamW over the trainable parameters; weight decay on matrices only (not on norms), as in nanoGPT."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    matrices = [p for p in trainable if p.dim() >= 2]
+    vectors = [p for p in trainable if p.dim() < 2]
     groups = [{"params": matrices, "weight_decay": weight_decay}, {"params": vectors, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=model.device.type == "cuda")
 
@@ -264,6 +265,8 @@ def build_models(args, tok, device):
     model = (load_model(args.init, device, torch.float32, n_layers=args.init_layers) if args.init
              else Llama(get_config(args.preset, vocab_size=tok.vocab_size)).to(device))
     check_vocab(tok, model.config.vocab_size, args.init or f"preset {args.preset}")
+    if args.freeze_embeddings:    # no gradient, so no optimizer state and no update (make_optimizer)
+        model.tok_embeddings.weight.requires_grad_(False)
     teacher, loss_fn = None, None
     if args.mode == "distill":
         loss_fn = get_loss(args.loss)
@@ -291,7 +294,8 @@ def run_settings(args, examples: list[tuple[list[int], int]]) -> dict:
     return {"mode": args.mode, "loss": get_loss(args.loss).__name__ if args.mode == "distill" else None,
             "seed": args.seed, "max_steps": args.max_steps, "batch_size": args.batch_size,
             "lr": args.lr, "warmup": args.warmup, "weight_decay": args.weight_decay,
-            "grad_clip": args.grad_clip, "data_hash": fingerprint(examples)}
+            "grad_clip": args.grad_clip, "data_hash": fingerprint(examples),
+            **({"freeze_embeddings": True} if args.freeze_embeddings else {})}
 
 
 def setup(args) -> Run:
@@ -512,7 +516,7 @@ def train(run: Run, optimizer, step: int, saved_step: int | None) -> None:
     if args.compile:
         # Block by block, as the decode paths do (fast_decode.compile_blocks): each block's norms,
         # RoPE, SwiGLU and residual adds fused into few kernels, forward and backward; the
-        # teacher's blocks too (its forward is a large part of a distillation step, BENCHMARKS.md).
+        # teacher's blocks too (its forward is a large part of a distillation step).
         for model in (run.model, run.teacher):
             if model is not None:
                 compile_blocks(model)
@@ -553,6 +557,9 @@ def parse_args(argv=None):
     p.add_argument("--init", default=None, help="checkpoint to start from (e.g. the pretrained draft)")
     p.add_argument("--init-layers", type=int, default=None,
                    help="with --init: keep only its first N blocks (a draft cut from the target)")
+    p.add_argument("--freeze-embeddings", action="store_true",
+                   help="keep the token embedding (and a tied head) as --init has it: a draft cut from its target "
+                        "then shares them, and save_model can store it without them (checkpoints.save_model)")
     p.add_argument("--teacher", default=None, help="distill: the target model (a directory or a .gguf)")
     p.add_argument("--loss", default="tvdpp", help="distill: kld, tvd, tvdpp (tvd++), lk, lk_hybrid, ...")
     p.add_argument("--max-steps", type=int, default=1000)
@@ -596,6 +603,8 @@ def check_args(args) -> None:
         raise ValueError("give exactly one of --preset (train from scratch) or --init (continue from a checkpoint)")
     if args.init_layers is not None and args.init is None:
         raise ValueError("--init-layers cuts the checkpoint given by --init; give --init too")
+    if args.freeze_embeddings and args.init is None:
+        raise ValueError("--freeze-embeddings keeps the embedding of --init (a draft's target); give --init too")
     if args.preset is not None:
         get_config(args.preset)                 # an unknown preset names the valid ones
     if args.mode == "distill":

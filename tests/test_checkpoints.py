@@ -5,6 +5,7 @@ with the q/k row permutation transcribed independently of checkpoints.py (explic
 so a wrong permutation, renaming or shard split shows up as different logits.
 (tools/verify_hf.py checks the same against the real transformers library.)
 """
+import copy
 import json
 from dataclasses import replace
 
@@ -180,6 +181,44 @@ def test_own_format_overwrite_and_dtype(tmp_path):
     assert loaded.config == LLAMA2 and loaded.tok_embeddings.weight.dtype == torch.bfloat16
     assert torch.equal(loaded.layers[1].attention.wk.weight, model.layers[1].attention.wk.weight.bfloat16())
 
+
+
+def test_a_draft_sharing_its_targets_embedding_is_saved_without_it(tmp_path):
+    """save_model(embedding_from=target): a draft cut from its target, whose embedding (tied head)
+    is the target's, stores only its own blocks and norm (here in bfloat16), and load_model with
+    base=target puts the target's embedding back: the draft's own logits, in the stored dtype."""
+    target = random_model(LLAMA3)
+    save_model(target, tmp_path / "target")
+    draft = load_model(tmp_path / "target", n_layers=1)
+    with torch.no_grad():
+        draft.norm.weight.mul_(1.5)                       # trained: its own norm and block
+    save_model(draft, tmp_path / "draft", dtype=torch.bfloat16, embedding_from=tmp_path / "target")
+    with safe_open(tmp_path / "draft" / "model.safetensors", framework="pt") as f:
+        assert not any(name.startswith(("tok_embeddings", "output")) for name in f.keys())
+        assert {f.get_tensor(name).dtype for name in f.keys()} == {torch.bfloat16}
+    config_json = json.loads((tmp_path / "draft" / "config.json").read_text())
+    assert config_json["embedding_from"]["checkpoint"] == "target"
+    loaded = load_model(tmp_path / "draft", base=tmp_path / "target")
+    assert loaded.tok_embeddings.weight.dtype == torch.bfloat16 and loaded.output.weight is loaded.tok_embeddings.weight
+    assert torch.equal(loaded.tok_embeddings.weight, target.tok_embeddings.weight.bfloat16())
+    assert torch.equal(logits(loaded), logits(copy.deepcopy(draft).to(torch.bfloat16)))
+    rounded = copy.deepcopy(draft)                        # float32: the stored blocks' bf16 values, the exact embedding
+    with torch.no_grad():
+        for name, param in rounded.named_parameters():
+            if not name.startswith("tok_embeddings"):
+                param.copy_(param.bfloat16().float())
+    as_float32 = load_model(tmp_path / "draft", "cpu", torch.float32, base=tmp_path / "target")
+    assert torch.equal(logits(as_float32), logits(rounded))
+
+    with pytest.raises(ValueError, match="stores a draft without its token embedding: it shares the embedding of target"):
+        load_model(tmp_path / "draft")
+    save_model(random_model(LLAMA3, seed=3), tmp_path / "other")
+    with pytest.raises(ValueError, match="holds another one; give the target that this draft was trained for"):
+        load_model(tmp_path / "draft", base=tmp_path / "other")
+    with torch.no_grad():
+        draft.tok_embeddings.weight.add_(0.01)            # an embedding trained away from the target's
+    with pytest.raises(ValueError, match="--freeze-embeddings"):
+        save_model(draft, tmp_path / "draft2", embedding_from=tmp_path / "target")
 
 @pytest.mark.parametrize("config", [LLAMA2, LLAMA3, get_config("test", rope_scaling=LLAMA31_SCALING)],
                          ids=["llama2", "llama3-tied", "llama3.1-scaled"])

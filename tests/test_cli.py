@@ -238,26 +238,27 @@ def test_speculative_bench_times_plain_decoding_of_the_same_prompt_and_settings(
     # --bench: the speed-up it prints divides the speculative run's tokens/s by plain decoding's
     # of the same prompt, sampling settings, seed and decode path (recorded here), after a warm-up.
     timed, decoded = {}, []
-    plain_tokens_per_s, generate = speculative.plain_tokens_per_s, speculative.SpeculativeDecoder.generate
+    timed_plain_run, generate = speculative.timed_plain_run, speculative.SpeculativeDecoder.generate
 
-    def recording_plain(target, prompts, max_new_tokens, *settings, **options):
-        timed.update(prompts=prompts, max_new_tokens=max_new_tokens, settings=settings, options=options)
-        timed["speed"] = plain_tokens_per_s(target, prompts, max_new_tokens, *settings, **options)
-        return timed["speed"]
+    def recording_plain(plain, prompt, max_new_tokens, temperature, top_k, top_p, stop_ids, generator):
+        timed.update(prompt=prompt, max_new_tokens=max_new_tokens, settings=(temperature, top_k, top_p),
+                     seed=generator.initial_seed(), steps=plain.steps)
+        n_new, seconds = timed_plain_run(plain, prompt, max_new_tokens, temperature, top_k, top_p, stop_ids, generator)
+        timed["speed"] = n_new / seconds
+        return n_new, seconds
 
     def recording_generate(decoder, prompt, max_new_tokens, *args, **kwargs):
         decoded.append((list(prompt), max_new_tokens))
         return generate(decoder, prompt, max_new_tokens, *args, **kwargs)
-    monkeypatch.setattr(speculative, "plain_tokens_per_s", recording_plain)
+    monkeypatch.setattr(speculative, "timed_plain_run", recording_plain)
     monkeypatch.setattr(speculative.SpeculativeDecoder, "generate", recording_generate)
     speculative.main(command("speculative", paths, "", {"--bench": True, "--temperature": "0.7", "--top-p": "0.9",
                                                          "--seed": "3", "--max-new-tokens": "6"}))
     out = capsys.readouterr().out
     (warm_prompt, warm_tokens), (prompt, n_new) = decoded       # the untimed warm-up, then the timed run
-    assert warm_prompt == prompt and warm_tokens < n_new == 6
-    assert timed["prompts"] == [prompt] and timed["max_new_tokens"] == 6
-    temperature, top_k, top_p, _, seed = timed["settings"]
-    assert (temperature, top_k, top_p, seed) == (0.7, None, 0.9, 3) and timed["options"] == {"graphs": False}
+    assert warm_prompt == prompt and warm_tokens <= n_new == 6
+    assert timed["prompt"] == prompt and timed["max_new_tokens"] == 6
+    assert timed["settings"] == (0.7, None, 0.9) and timed["seed"] == 3 and not timed["steps"].graphs
     speculative_speed = float(out.split(" tokens/s")[0].rsplit("(", 1)[1])
     plain_line = out.strip().splitlines()[-1]
     assert f"{timed['speed']:.1f} tokens/s" in plain_line
@@ -282,7 +283,7 @@ def test_evaluate_reuses_one_decoder_per_model_and_measures_as_fresh_ones_do(pat
                                                           "with the river, the hills and the old mill."}) + "\n"
                                     for i in range(2)))
     made = {"plain": 0, "speculative": 0}
-    for module in (evaluate, speculative):                # plain_tokens_per_s would make its own in speculative
+    for module in (evaluate, speculative):
         for name, cls in (("plain", speculative.Decoder), ("speculative", speculative.SpeculativeDecoder)):
             monkeypatch.setattr(module, cls.__name__, lambda *a, _cls=cls, _name=name, **k:
                                 made.__setitem__(_name, made[_name] + 1) or _cls(*a, **k))

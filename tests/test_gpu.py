@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from fast_decode import CudaGraph, compile_blocks, fuse_projections
-from speculative import Decoder, SpeculativeDecoder, generate, generate_batch, speculative_generate
-from test_speculative import perturbed_copy, random_model
+from speculative import Decoder, SpeculativeDecoder
+from test_speculative import perturbed_copy, plain_decode, plain_decode_batch, random_model, speculative_decode
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
 
@@ -34,7 +34,7 @@ def pair(fuse: bool = False, compile: bool = False):
     return target, draft
 
 
-# prefill_chunk: the decoders' default (PREFILL_CHUNK, above SLOTS: one recorded chunk over every
+# prefill_chunk: the decoders' default (fast_decode.PREFILL_CHUNK, above SLOTS: one recorded chunk over every
 # slot), or 8 (a prompt of 19 tokens in three recorded chunks).
 @pytest.mark.parametrize("compile, fuse, prefill_chunk", [(False, False, None), (False, False, 8),
                                                           (True, False, None), (True, True, 8)])
@@ -44,17 +44,17 @@ def test_graphed_plain_decoding_matches_eager_across_prompts(compile, fuse, pref
     eager, _ = pair()
     fast, _ = pair(fuse, compile)
     decoder = Decoder(fast, 1, SLOTS, graphs=True)
-    decoder.prefill_chunk = prefill_chunk or decoder.prefill_chunk
+    decoder.steps.prefill_chunk = prefill_chunk or decoder.steps.prefill_chunk
     for prompt in PROMPTS:
         for temperature in (0.0, 1.0):
             g1, g2 = (torch.Generator("cuda").manual_seed(3) for _ in range(2))
-            expected = generate(eager, prompt, 12, temperature, generator=g1).tolist()
+            expected = plain_decode(eager, prompt, 12, temperature, generator=g1).tolist()
             assert decoder.generate([prompt], 12, temperature, generator=g2)[0] == expected
             assert g1.get_state().equal(g2.get_state())        # the caller's generator moved on alike
     # left-padded batches: a different `start` per row
     batched = Decoder(fast, len(PROMPTS), SLOTS, graphs=True)
-    batched.prefill_chunk = prefill_chunk or batched.prefill_chunk
-    assert batched.generate(PROMPTS, 8, 0.0) == generate_batch(eager, PROMPTS, 8, 0.0)
+    batched.steps.prefill_chunk = prefill_chunk or batched.steps.prefill_chunk
+    assert batched.generate(PROMPTS, 8, 0.0) == plain_decode_batch(eager, PROMPTS, 8, 0.0)
 
 
 @pytest.mark.parametrize("compile, fuse, prefill_chunk", [(False, False, None), (False, False, 8), (True, True, 8)])
@@ -62,13 +62,13 @@ def test_graphed_speculative_matches_eager_token_for_token_and_block_for_block(c
     eager_target, eager_draft = pair()
     target, draft = pair(fuse, compile)
     decoder = SpeculativeDecoder(target, draft, SLOTS, graphs=True)
-    decoder.prefill_chunk = prefill_chunk or decoder.prefill_chunk
+    decoder.steps.prefill_chunk = prefill_chunk or decoder.steps.prefill_chunk
     blocks = []
     for prompt in PROMPTS:
         for temperature in (0.0, 1.0):
             for gamma in (1, 3):
                 g1, g2 = (torch.Generator("cuda").manual_seed(7) for _ in range(2))
-                expected, stats_eager = speculative_generate(eager_target, eager_draft, prompt, 12, gamma,
+                expected, stats_eager = speculative_decode(eager_target, eager_draft, prompt, 12, gamma,
                                                              temperature, generator=g1)
                 tokens, stats = decoder.generate(prompt, 12, gamma, temperature, generator=g2)
                 assert tokens.tolist() == expected.tolist()
@@ -76,6 +76,40 @@ def test_graphed_speculative_matches_eager_token_for_token_and_block_for_block(c
                 blocks += stats["accepted_per_block"]
     assert 0 in blocks and 3 in blocks, "both rejections and full acceptance must occur"
 
+
+
+@pytest.mark.parametrize("compile, fuse", [(False, False), (True, True)])
+def test_graphed_argmax_drafting_auto_gamma_and_a_shortlist_match_eager(compile, fuse, monkeypatch):
+    """The recorded forms of what runs beside the rejection rule: argmax drafting (verify_argmax),
+    gamma "auto" with plain steps between blocks and the draft's catch-up prefill after them,
+    and a draft over a shortlist (logits over K tokens, verify over S): the same tokens and the
+    same blocks as eagerly, on the same random numbers."""
+    import speculative
+    from fast_decode import shortlist_head
+    eager_target, eager_draft = pair()
+    target, draft = pair(fuse, compile)
+    shortlist = list(range(0, eager_target.config.vocab_size, 2))
+    eager_short, short = shortlist_head(pair()[1], shortlist), shortlist_head(pair(fuse, compile)[1], shortlist)
+    schedule = [2, 0, 0, 3, 0, 1, 3, 0]
+    for eager_pair, fast_pair, mode, auto in (((eager_target, eager_draft), (target, draft), "argmax", False),
+                                              ((eager_target, eager_draft), (target, draft), "sample", True),
+                                              ((eager_target, eager_short), (target, short), "sample", False)):
+        decoders = [SpeculativeDecoder(*eager_pair, SLOTS), SpeculativeDecoder(*fast_pair, SLOTS, graphs=True)]
+        for decoder in decoders:
+            decoder.measure_costs(PROMPTS[1], 1.0, draft_mode=mode, max_gamma=3, repeats=1)
+            decoder.measure_costs(PROMPTS[1], 0.0, max_gamma=3, repeats=1)
+        for prompt in PROMPTS:
+            for temperature in (0.0, 1.0):
+                runs = []
+                for decoder in decoders:
+                    chosen = iter(schedule)
+                    monkeypatch.setattr(speculative, "choose_gamma", lambda alphas, costs: next(chosen, 2))
+                    generator = torch.Generator("cuda").manual_seed(11)
+                    runs.append(decoder.generate(prompt, 12, "auto" if auto else 3, temperature, generator=generator,
+                                                 draft_mode=mode))
+                (expected, stats_eager), (tokens, stats) = runs
+                assert tokens.tolist() == expected.tolist(), (mode, auto, prompt, temperature)
+                assert stats["blocks"] == stats_eager["blocks"]
 
 def test_a_dead_graph_collected_during_a_capture_does_not_break_it():
     # The evaluation's failure, made deterministic: a recorded graph that only the cyclic

@@ -357,23 +357,25 @@ def test_few_row_matmuls_takes_one_row_the_way_that_makes_a_step_faster(monkeypa
 
 
 @pytest.mark.parametrize("path", ["eager", "few-row-matmuls"])
-def test_shortlist_head_keeps_the_shortlisted_logits_and_masks_every_other_token(path):
-    """shortlist_head: the same logits as the full head on the shortlist, -inf elsewhere, in a
-    full pass and in cached decoding, on both CPU decode paths (which must reach the new head)."""
+def test_shortlist_head_computes_the_shortlisted_logits_only(path):
+    """shortlist_head: logits over the sorted shortlist alone, equal to the full head's logits of
+    those tokens, in a full pass and in cached decoding, on both CPU decode paths (which must
+    reach the new head); its token_ids map each logit back to its token."""
     from fast_decode import FewRowLinear, ShortlistHead, apply_decode_path, shortlist_head
     model = random_model()
     tokens = random_tokens(2, 12, model.config.vocab_size)
     shortlist = [40, 3, 7, 96, 3, 0]                       # unsorted, with a repeat
-    kept, masked = sorted(set(shortlist)), [t for t in range(model.config.vocab_size) if t not in shortlist]
+    kept = sorted(set(shortlist))
     with torch.no_grad():
         full = model(tokens)
         shortlist_head(model, shortlist)
         apply_decode_path([model], path)
         assert isinstance(model.output, ShortlistHead)
+        assert model.output.token_ids.tolist() == kept
         assert (type(model.output.proj) is FewRowLinear) == (path == "few-row-matmuls")
         for logits in (model(tokens), decode_in_chunks(model, tokens, [5, 1, 1, 3, 2])):
-            torch.testing.assert_close(logits[..., kept], full[..., kept], atol=ATOL, rtol=0)
-            assert torch.all(logits[..., masked] == float("-inf"))
+            assert logits.shape[-1] == len(kept)
+            torch.testing.assert_close(logits, full[..., kept], atol=ATOL, rtol=0)
     assert torch.equal(model.tok_embeddings.weight, random_model().tok_embeddings.weight)   # untouched
     for bad in ([], [-1], [model.config.vocab_size]):
         with pytest.raises(ValueError, match="a shortlist needs token ids in 0..96"):

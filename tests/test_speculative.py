@@ -4,7 +4,7 @@ Speculative decoding has one promise: its output is distributed EXACTLY as the t
 sampling (and, greedy, identical token for token). Every test below checks that promise, or a
 piece of it, against something computed independently of the code under test:
 
-  - greedy: `generate` with the target alone;
+  - greedy: plain decoding with the target alone;
   - sampling, bit for bit: a reference implementation written here from PAPER.md 4.1's rule that
     recomputes every distribution with a fresh full forward pass (no KV cache) and draws the
     same random numbers in the same order. Equal outputs prove that the caches, rolled back
@@ -33,9 +33,9 @@ from fast_decode import apply_decode_path, shortlist_head
 from model import Llama, count_params, get_config
 from evaluate import (ci_gaps, evaluate_pair, mean_ci95, memory_bound_speedup, predicted_block_efficiency,
                       separation_lines)
-from speculative import (Decoder, SpeculativeDecoder, block_stats, decoder_slots, generate, generate_batch,
-                         plain_tokens_per_s, sample, sample_probs, sample_token, speculative_generate, verify,
-                         verify_greedy)
+import speculative as speculative_module
+from speculative import (AcceptanceCounts, Decoder, SpeculativeDecoder, block_stats, choose_gamma, decoder_slots,
+                         expected_tokens, sample, sample_probs, sample_token, verify, verify_greedy)
 
 SIGNIFICANCE = 0.001   # chi-square tests: a correct implementation fails 1 time in 1000 seeds
 
@@ -71,6 +71,29 @@ def perturbed_copy(model: Llama, noise: float, seed: int = 1) -> Llama:
     return draft
 
 
+# ----------------------------------------------------------------------------------------------
+# The decoders, called once: a fresh decoder with just the slots the call needs
+# ----------------------------------------------------------------------------------------------
+
+def plain_decode_batch(model: Llama, prompts: list[list[int]], max_new_tokens: int, *sampling, **options):
+    """Decoder.generate of every prompt at once (left-padded): the new tokens of every row."""
+    n_slots = max(map(len, prompts)) + max_new_tokens
+    return Decoder(model, len(prompts), n_slots).generate(prompts, max_new_tokens, *sampling, **options)
+
+
+def plain_decode(model: Llama, prompt_ids: list[int], max_new_tokens: int, *sampling, **options) -> torch.Tensor:
+    """Plain decoding of one prompt: a 1-D LongTensor of the new tokens."""
+    return torch.tensor(plain_decode_batch(model, [list(prompt_ids)], max_new_tokens, *sampling, **options)[0],
+                        dtype=torch.long)
+
+
+def speculative_decode(target: Llama, draft: Llama, prompt_ids: list[int], max_new_tokens: int, gamma: int = 4,
+                       *sampling, **options):
+    """SpeculativeDecoder.generate of one prompt: (new tokens, stats)."""
+    n_slots = decoder_slots(target, draft, [prompt_ids], max_new_tokens, gamma)
+    return SpeculativeDecoder(target, draft, n_slots).generate(prompt_ids, max_new_tokens, gamma, *sampling, **options)
+
+
 @torch.no_grad()
 def exact_joint(model: Llama, prompt: list[int], n_tokens: int, **sampling) -> torch.Tensor:
     """P(first n_tokens generated = s) for every s in V^n_tokens, flattened in row-major order.
@@ -83,6 +106,9 @@ def exact_joint(model: Llama, prompt: list[int], n_tokens: int, **sampling) -> t
     joint, prefixes = torch.ones(1, dtype=torch.float64), [[]]
     for _ in range(n_tokens):
         logits = model(torch.tensor([prompt + prefix for prefix in prefixes]))[:, -1]  # (V^step, V)
+        shortlist = getattr(model.output, "token_ids", None)          # a head over K tokens: the rest -inf
+        if shortlist is not None:
+            logits = torch.full((len(prefixes), V), float("-inf")).index_copy(1, shortlist, logits)
         next_probs = sample_probs(logits, **sampling).double()
         joint = (joint[:, None] * next_probs).flatten()
         prefixes = [prefix + [token] for prefix in prefixes for token in range(V)]
@@ -236,11 +262,11 @@ def test_greedy_decoding_draws_no_random_numbers_and_picks_the_same_tokens():
     assert torch.equal(greedy, logits.float().argmax(-1))
     assert torch.equal(generator.get_state(), state)
     model = random_model(0, vocab_size=32)
-    tokens = generate(model, [5, 9, 2], 12, temperature=0, generator=generator)
+    tokens = plain_decode(model, [5, 9, 2], 12, temperature=0, generator=generator)
     assert torch.equal(generator.get_state(), state)             # plain greedy decoding drew nothing
-    assert torch.equal(tokens, generate(model, [5, 9, 2], 12, temperature=0))
+    assert torch.equal(tokens, plain_decode(model, [5, 9, 2], 12, temperature=0))
     draft = perturbed_copy(model, noise=0.3)
-    speculative_generate(model, draft, [5, 9, 2], 12, 3, temperature=0, generator=generator)
+    speculative_decode(model, draft, [5, 9, 2], 12, 3, temperature=0, generator=generator)
     assert torch.equal(generator.get_state(), state)             # nor did greedy speculative decoding
     assert sample_token(logits, (1.0, None, None), generator).shape == (3,)
     assert not torch.equal(generator.get_state(), state)         # at T > 0 it samples
@@ -258,26 +284,26 @@ def test_sample_keeps_shape_and_never_draws_a_zero_probability_token():
 # The autoregressive loop
 # ----------------------------------------------------------------------------------------------
 
-def test_generate_batch_left_padding_matches_each_prompt_alone():
+def test_batched_decoding_left_padding_matches_each_prompt_alone():
     model = random_model(0, vocab_size=32)
     prompts = [[1, 2, 3, 4, 5, 6], [7], [3, 9, 2]]
-    batched = generate_batch(model, prompts, 10, temperature=0)
-    assert batched == [generate(model, prompt, 10, temperature=0).tolist() for prompt in prompts]
+    batched = plain_decode_batch(model, prompts, 10, temperature=0)
+    assert batched == [plain_decode(model, prompt, 10, temperature=0).tolist() for prompt in prompts]
 
 
-def test_generate_batch_cuts_each_row_at_its_own_eos():
+def test_batched_decoding_cuts_each_row_at_its_own_eos():
     model = random_model(0, vocab_size=32)
     prompts = [[1, 2, 3, 4, 5, 6], [7], [3, 9, 2]]
-    full = generate_batch(model, prompts, 10, temperature=0)
+    full = plain_decode_batch(model, prompts, 10, temperature=0)
     eos_id = full[0][3]
-    cut = generate_batch(model, prompts, 10, temperature=0, stop_ids={eos_id})
+    cut = plain_decode_batch(model, prompts, 10, temperature=0, stop_ids={eos_id})
     assert cut == [row[: row.index(eos_id) + 1] if eos_id in row else row for row in full]
     assert len(cut[0]) <= 4
 
 
 @pytest.mark.parametrize("chunk, expected_firsts", [(4, [0, 4, 8]), (8, [0, 5]), (50, [0])])
 def test_a_prefill_in_chunks_writes_what_one_call_writes(chunk, expected_firsts):
-    """_Graphs.prefill with chunk=C (the recorded form on a GPU, run eagerly here): chunks of C
+    """StepRunner.prefill with chunks of C slots (the recorded form on a GPU, run eagerly here): chunks of C
     slots from the first, the last one moved back to end at the decoder's last slot (C=8: 0..7,
     then 5..12, not 8..15) or the whole cache when C exceeds it (C=50); the same keys and values
     in the prompt's slots as one call, so the same tokens greedy and sampled."""
@@ -289,11 +315,11 @@ def test_a_prefill_in_chunks_writes_what_one_call_writes(chunk, expected_firsts)
     caches, outputs = [], []
     for prefill_chunk in (None, chunk):
         decoder = Decoder(target, len(prompts), 13)                          # 10 + 3 new tokens
-        decoder.prefill_chunk = prefill_chunk
+        decoder.steps.prefill_chunk = prefill_chunk
         outputs.append([decoder.generate(prompts, 3, temperature=0),
                         decoder.generate(prompts, 3, generator=torch.Generator().manual_seed(1))])
         firsts.clear()
-        decoder.graphs.prefill(target, decoder.tokens, decoder.cache, 0, 9, prefill_chunk)
+        decoder.steps.prefill(target, decoder.tokens, decoder.cache, 0, 9)
         caches.append([layer[:, :, :9] for layer in decoder.cache.k + decoder.cache.v])
     assert firsts == expected_firsts
     for chunked, whole in zip(caches[1], caches[0]):
@@ -302,7 +328,7 @@ def test_a_prefill_in_chunks_writes_what_one_call_writes(chunk, expected_firsts)
     speculative = []
     for prefill_chunk in (None, chunk):
         decoder = SpeculativeDecoder(target, draft, 22)
-        decoder.prefill_chunk = prefill_chunk
+        decoder.steps.prefill_chunk = prefill_chunk
         speculative.append([decoder.generate(prompts[0], 6, 3, temperature=0)[0].tolist(),
                             decoder.generate(prompts[0], 6, 3, generator=torch.Generator().manual_seed(2))[0].tolist()])
     assert speculative[1] == speculative[0]
@@ -390,7 +416,7 @@ def test_verify_output_is_distributed_as_the_target():
 
 
 # ----------------------------------------------------------------------------------------------
-# speculative_generate: exact agreement with the target
+# Speculative decoding: exact agreement with the target
 # ----------------------------------------------------------------------------------------------
 
 def greedy_pair() -> tuple[Llama, Llama]:
@@ -403,11 +429,11 @@ def greedy_pair() -> tuple[Llama, Llama]:
 @pytest.mark.parametrize("path", ["eager", "few-row-matmuls"])
 def test_greedy_speculative_equals_greedy_generate(prompt, path):
     target, draft = greedy_pair()
-    expected = generate(target, prompt, 24, temperature=0)     # eager: the reference
+    expected = plain_decode(target, prompt, 24, temperature=0)     # eager: the reference
     apply_decode_path([target, draft], path)
     accepted = []
     for gamma in [1, 2, 3, 5]:
-        tokens, stats = speculative_generate(target, draft, prompt, 24, gamma, temperature=0)
+        tokens, stats = speculative_decode(target, draft, prompt, 24, gamma, temperature=0)
         assert tokens.tolist() == expected.tolist(), f"gamma={gamma}"
         accepted += [n / gamma for n in stats["accepted_per_block"]]
     assert min(accepted) == 0 and max(accepted) == 1 and 0 < sum(accepted) / len(accepted) < 1, \
@@ -420,7 +446,7 @@ def test_draft_identical_to_target_is_always_accepted(temperature, same_object):
     target = random_model(0, vocab_size=32)
     draft = target if same_object else copy.deepcopy(target)
     gamma, max_new_tokens = 3, 18
-    tokens, stats = speculative_generate(target, draft, [4, 2], max_new_tokens, gamma, temperature,
+    tokens, stats = speculative_decode(target, draft, [4, 2], max_new_tokens, gamma, temperature,
                                          generator=torch.Generator().manual_seed(0))
     assert tokens.numel() == max_new_tokens
     assert stats["accepted_per_block"] == [gamma] * math.ceil(max_new_tokens / (gamma + 1))
@@ -469,7 +495,7 @@ def test_cached_speculative_equals_uncached_reference(sampling):
     for gamma in [1, 2, 4]:
         for seed in range(3):
             prompt = [3, 1, 4][: seed + 1]
-            tokens, stats = speculative_generate(target, draft, prompt, 12, gamma, **sampling,
+            tokens, stats = speculative_decode(target, draft, prompt, 12, gamma, **sampling,
                                                  generator=torch.Generator().manual_seed(seed))
             expected, expected_accepted = reference_speculative(
                 target, draft, prompt, 12, gamma, torch.Generator().manual_seed(seed), **sampling)
@@ -485,7 +511,7 @@ def test_cached_speculative_equals_uncached_reference(sampling):
 def test_returns_exactly_max_new_tokens_and_consistent_stats(gamma, max_new_tokens):
     target = random_model(0, vocab_size=16)
     draft = perturbed_copy(target, noise=0.3)
-    tokens, stats = speculative_generate(target, draft, [1, 2], max_new_tokens, gamma,
+    tokens, stats = speculative_decode(target, draft, [1, 2], max_new_tokens, gamma,
                                          generator=torch.Generator().manual_seed(gamma))
     blocks = stats["accepted_per_block"]
     assert tokens.shape == (max_new_tokens,) and tokens.dtype == torch.long
@@ -499,13 +525,13 @@ def test_returns_exactly_max_new_tokens_and_consistent_stats(gamma, max_new_toke
 def test_greedy_eos_stops_like_generate(gamma):
     target, draft = greedy_pair()
     prompt = [5, 9, 2, 7, 30]
-    greedy = generate(target, prompt, 16, temperature=0).tolist()
+    greedy = plain_decode(target, prompt, 16, temperature=0).tolist()
     eos_id = greedy[5]                                     # a token the target emits early
     stop = greedy.index(eos_id)
     assert stop >= 2
-    tokens, _ = speculative_generate(target, draft, prompt, 16, gamma, temperature=0, stop_ids={eos_id})
+    tokens, _ = speculative_decode(target, draft, prompt, 16, gamma, temperature=0, stop_ids={eos_id})
     assert tokens.tolist() == greedy[: stop + 1]
-    assert tokens.tolist() == generate(target, prompt, 16, temperature=0, stop_ids={eos_id}).tolist()
+    assert tokens.tolist() == plain_decode(target, prompt, 16, temperature=0, stop_ids={eos_id}).tolist()
 
 
 def test_plain_decoding_runs_no_step_past_every_rows_stop_token():
@@ -513,12 +539,12 @@ def test_plain_decoding_runs_no_step_past_every_rows_stop_token():
     # their tokens would be timed for work it threw away, inflating the speed-up.
     model = random_model(0, vocab_size=32)
     prompts = [[5, 9, 2], [7, 30]]
-    greedy = generate_batch(model, prompts, 20, temperature=0)
+    greedy = plain_decode_batch(model, prompts, 20, temperature=0)
     stop_ids = {greedy[0][3], greedy[1][2]}                 # each row stops within 4 tokens
     lengths = [next(i for i, token in enumerate(row) if token in stop_ids) + 1 for row in greedy]
     calls = []
     model.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[1]))
-    rows = generate_batch(model, prompts, 20, temperature=0, stop_ids=stop_ids)
+    rows = plain_decode_batch(model, prompts, 20, temperature=0, stop_ids=stop_ids)
     assert rows == [row[:n] for row, n in zip(greedy, lengths)]
     assert calls == [2] + [1] * max(lengths)          # the prefill, then one step per token made
 
@@ -528,7 +554,7 @@ def test_sampled_output_ends_at_its_first_eos():
     draft = perturbed_copy(target, noise=0.3)
     lengths = []
     for seed in range(10):
-        tokens, stats = speculative_generate(target, draft, [1], 12, 3, stop_ids={0},
+        tokens, stats = speculative_decode(target, draft, [1], 12, 3, stop_ids={0},
                                              generator=torch.Generator().manual_seed(seed))
         tokens = tokens.tolist()
         assert 0 not in tokens[:-1] and (tokens[-1] == 0 or len(tokens) == 12), tokens
@@ -538,7 +564,7 @@ def test_sampled_output_ends_at_its_first_eos():
 
 
 # ----------------------------------------------------------------------------------------------
-# speculative_generate: the output distribution, by chi-square against the exact joint
+# Speculative decoding: the output distribution, by chi-square against the exact joint
 # ----------------------------------------------------------------------------------------------
 
 # (vocabulary, gamma, prompt, sampling). Three generated tokens span: acceptances, rejections at
@@ -564,7 +590,7 @@ def test_speculative_samples_follow_the_target_joint_not_the_draft(vocab_size, g
     generator = torch.Generator().manual_seed(0)
     counts, blocks = torch.zeros(vocab_size ** n_tokens), []
     for _ in range(n_runs):
-        tokens, stats = speculative_generate(target, draft, prompt, n_tokens, gamma, **sampling,
+        tokens, stats = speculative_decode(target, draft, prompt, n_tokens, gamma, **sampling,
                                              generator=generator)
         counts[sum(int(t) * vocab_size ** (n_tokens - 1 - i) for i, t in enumerate(tokens))] += 1
         blocks += stats["accepted_per_block"]
@@ -594,7 +620,7 @@ def test_a_draft_over_a_shortlist_still_samples_the_target_joint(path):
     generator = torch.Generator().manual_seed(0)
     counts, outside = torch.zeros(vocab_size ** n_tokens), 0
     for _ in range(n_runs):
-        tokens, _ = speculative_generate(target, draft, prompt, n_tokens, gamma, **sampling, generator=generator)
+        tokens, _ = speculative_decode(target, draft, prompt, n_tokens, gamma, **sampling, generator=generator)
         counts[sum(int(t) * vocab_size ** (n_tokens - 1 - i) for i, t in enumerate(tokens))] += 1
         outside += sum(int(t) in outside_ids for t in tokens)
     assert outside > 50, "tokens outside the shortlist must still be written"
@@ -602,10 +628,68 @@ def test_a_draft_over_a_shortlist_still_samples_the_target_joint(path):
     assert p_target > SIGNIFICANCE, f"speculative samples do not follow the target: p={p_target:.2g}"
     assert chi_square_p_value(counts, draft_joint) < SIGNIFICANCE, "no power: the draft's joint was not rejected"
     # At T=0 (argmaxes, verify_greedy) the output is the target's greedy decoding, shortlist or not.
-    greedy, _ = speculative_generate(target, draft, prompt, 12, gamma, temperature=0)
-    assert torch.equal(greedy, generate(target, prompt, 12, temperature=0))
+    greedy, _ = speculative_decode(target, draft, prompt, 12, gamma, temperature=0)
+    assert torch.equal(greedy, plain_decode(target, prompt, 12, temperature=0))
     assert any(int(t) in outside_ids for t in greedy)      # and it writes tokens the draft cannot
 
+
+
+# The engines' rule (verify_argmax): the draft proposes its argmax, the target keeps it while it
+# equals its own sample. Lossless by construction: the same chi-square test, with power.
+@pytest.mark.parametrize("vocab_size, gamma, prompt, sampling", [STAT_CASES[0], STAT_CASES[2]])
+def test_argmax_drafting_samples_the_target_joint_not_the_draft(vocab_size, gamma, prompt, sampling):
+    n_tokens, n_runs = 3, 600
+    target = random_model(0, vocab_size=vocab_size, **TINY)
+    draft = perturbed_copy(target, noise=0.5)
+    target_joint = exact_joint(target, prompt, n_tokens, **sampling)
+    draft_joint = exact_joint(draft, prompt, n_tokens, **sampling)
+    generator = torch.Generator().manual_seed(0)
+    counts, blocks = torch.zeros(vocab_size ** n_tokens), []
+    for _ in range(n_runs):
+        tokens, stats = speculative_decode(target, draft, prompt, n_tokens, gamma, **sampling,
+                                           generator=generator, draft_mode="argmax")
+        counts[sum(int(t) * vocab_size ** (n_tokens - 1 - i) for i, t in enumerate(tokens))] += 1
+        blocks += stats["accepted_per_block"]
+    assert set(blocks) == set(range(gamma + 1)), "every acceptance count must occur"
+    p_target = chi_square_p_value(counts, target_joint)
+    assert p_target > SIGNIFICANCE, f"argmax drafting does not follow the target: p={p_target:.2g}"
+    assert chi_square_p_value(counts, draft_joint) < SIGNIFICANCE, "no power: the draft's joint was not rejected"
+
+
+@pytest.mark.parametrize("gamma", [1, 3])
+def test_argmax_drafting_equals_the_rejection_rule_at_temperature_0(gamma):
+    target = random_model(0, vocab_size=32)
+    draft = perturbed_copy(target, noise=0.4)
+    for prompt in ([5, 9, 2], [1], [3, 3, 7, 1]):
+        runs = [speculative_decode(target, draft, prompt, 20, gamma, temperature=0, draft_mode=mode)
+                for mode in ("sample", "argmax")]
+        assert torch.equal(runs[0][0], runs[1][0])
+        assert runs[0][1]["accepted_per_block"] == runs[1][1]["accepted_per_block"]
+        assert torch.equal(runs[0][0], plain_decode(target, prompt, 20, temperature=0))
+
+
+def test_argmax_drafting_accepts_with_the_target_probability_of_the_draft_argmax():
+    """verify_argmax keeps a draft token with probability p(argmax q), not sum_x min(p, q): on
+    context-free models every test is i.i.d., and the two differ by far more than the noise."""
+    target = context_free_model([2.0, 1.0, 0.0, 0.0, -1.0, 0.5])
+    draft = context_free_model([0.5, 1.0, 1.5, 0.0, 0.0, 0.0])        # its argmax: token 2
+    p = torch.softmax(torch.tensor([2.0, 1.0, 0.0, 0.0, -1.0, 0.5]), -1)
+    q = torch.softmax(torch.tensor([0.5, 1.0, 1.5, 0.0, 0.0, 0.0]), -1)
+    engine_alpha, rejection_alpha = float(p[2]), float(torch.minimum(p, q).sum())
+    assert rejection_alpha - engine_alpha > 0.4
+    _, stats = speculative_decode(target, draft, [0], 800, 3, generator=torch.Generator().manual_seed(0),
+                                  draft_mode="argmax")
+    tests = stats["accept_tests"]
+    assert abs(stats["acceptance_rate"] - engine_alpha) < 4 * math.sqrt(engine_alpha * (1 - engine_alpha) / tests)
+    # i.i.d. tests: every position's conditional acceptance alpha_k is alpha too.
+    for accepted, tested in zip(stats["accepted_at"], stats["tested_at"]):
+        assert abs(accepted / tested - engine_alpha) < 4 * math.sqrt(engine_alpha * (1 - engine_alpha) / tested)
+
+
+def test_an_unknown_draft_mode_is_rejected():
+    target = random_model(0, vocab_size=16)
+    with pytest.raises(ValueError, match="draft mode"):
+        speculative_decode(target, perturbed_copy(target, 0.3), [1, 2], 5, 2, draft_mode="greedy")
 
 # ----------------------------------------------------------------------------------------------
 # The metrics: alpha and tau on an i.i.d. case, and hand-computed values
@@ -640,7 +724,7 @@ def test_measured_tau_and_alpha_match_the_iid_prediction():
     assert 0.5 < alpha < 0.8
 
     gamma = 3
-    _, stats = speculative_generate(target, draft, [0], 800, gamma, generator=torch.Generator().manual_seed(0))
+    _, stats = speculative_decode(target, draft, [0], 800, gamma, generator=torch.Generator().manual_seed(0))
     blocks = stats["accepted_per_block"]
     # Per block, n accepted ~ truncated geometric: P(n = j) = alpha^j (1 - alpha), P(n = gamma) = alpha^gamma.
     law = torch.tensor([alpha ** j * (1 - alpha) for j in range(gamma)] + [alpha ** gamma], dtype=torch.float64)
@@ -664,6 +748,10 @@ def test_block_stats_by_hand():
     # A short last block (drafted 1 at the end of a context) fully accepted made 1 test, not gamma.
     short = block_stats([2, 1], [3, 1], n_tokens=5, seconds=0.1)
     assert short["acceptance_rate"] == pytest.approx(3 / 4)             # tests: 3 + 1
+    # Per position: the 1st token was tested in all 3 blocks and accepted in 2; the 2nd tested in
+    # the 2 blocks that accepted the 1st, accepted in both; the 3rd tested in 2, accepted in 1.
+    assert (stats["tested_at"], stats["accepted_at"]) == ([3, 2, 2], [2, 2, 1])
+    assert (short["tested_at"], short["accepted_at"]) == ([2, 1, 1], [2, 1, 0])   # the short block: 1 test
 
 
 def test_predicted_block_efficiency_by_hand():
@@ -693,7 +781,7 @@ def test_evaluate_pair_pools_runs_seeded_per_prompt():
     results = evaluate_pair(target, draft, prompts, gammas, 1.0, 10, seed=7, plain=plain)
     assert [result["gamma"] for result in results] == gammas
     for gamma, result in zip(gammas, results):
-        runs = [speculative_generate(target, draft, prompt, 10, gamma, 1.0,
+        runs = [speculative_decode(target, draft, prompt, 10, gamma, 1.0,
                                      generator=torch.Generator().manual_seed(7 + i))[1]   # seed + prompt index
                 for i, prompt in enumerate(prompts)]
         taus = [run["block_efficiency"] for run in runs]
@@ -750,7 +838,7 @@ def test_evaluate_pair_baseline_is_every_plain_token_over_every_plain_second(mon
 
 def test_ci_gaps_compare_each_draft_with_the_pretrained_one_cell_by_cell():
     def row(draft, gamma, tau, ci):
-        return {"draft": draft, "task": "story", "temperature": 0.0, "gamma": gamma, "block_efficiency": tau, "ci95": ci}
+        return {"draft": draft, "task": "story", "temperature": 0.0, "gamma": gamma, "draft_mode": "sample", "block_efficiency": tau, "ci95": ci}
     rows = [row("pretrained", 2, 1.2, 0.1), row("kld", 2, 1.5, 0.1),      # 1.4 vs 1.3: apart
             row("pretrained", 4, 1.3, 0.1), row("kld", 4, 1.35, 0.1),     # above, but 1.25 vs 1.4
             row("kld", 6, 9.0, 0.1)]                                       # no pretrained row: no cell
@@ -772,10 +860,7 @@ def test_every_prompt_is_warmed_up_before_the_clock_starts():
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9] * 8]
     prefills = []
     target.register_forward_hook(lambda module, inputs, output: prefills.append(inputs[0].shape[1]))
-    plain_tokens_per_s(target, prompts, 4, 1.0, seed=7)
     expected = sorted(2 * [len(p) - 1 for p in prompts])
-    assert sorted(n for n in prefills if n > 1) == expected
-    prefills.clear()
     evaluate_pair(target, draft, prompts, [2], 1.0, 4, seed=7, plain=Decoder(target, 1, decoder_slots(target, None, prompts, 4)))
     # Every prompt's target prefill twice for the plain decoder and twice for the speculative one.
     assert sorted(n for n in prefills if n not in (1, 3)) == sorted(2 * expected)
@@ -832,20 +917,20 @@ def test_speculative_generate_rejects_bad_settings(kwargs, message):
     target = random_model(0, vocab_size=16)
     arguments = dict(target=target, draft=perturbed_copy(target, 0.3), prompt_ids=[1, 2], max_new_tokens=5)
     with pytest.raises(ValueError, match=message):
-        speculative_generate(**{**arguments, **kwargs})
+        speculative_decode(**{**arguments, **kwargs})
 
 
 def test_vocabulary_mismatch_is_rejected():
     with pytest.raises(ValueError, match="vocabulary"):
-        speculative_generate(random_model(0, vocab_size=16), random_model(0, vocab_size=17), [1], 5)
+        speculative_decode(random_model(0, vocab_size=16), random_model(0, vocab_size=17), [1], 5)
 
 
 def test_draft_with_a_shorter_context_is_rejected():
     target = random_model(0, vocab_size=16)                # context 64
     draft = random_model(1, vocab_size=16, max_seq_len=16)
     with pytest.raises(ValueError, match="context is 16"):
-        speculative_generate(target, draft, [1, 2, 3, 4, 5], 12, gamma=2)   # 5 + 12 > 16
-    tokens, _ = speculative_generate(target, draft, [1, 2], 12, gamma=2)   # well inside both contexts
+        speculative_decode(target, draft, [1, 2, 3, 4, 5], 12, gamma=2)   # 5 + 12 > 16
+    tokens, _ = speculative_decode(target, draft, [1, 2], 12, gamma=2)   # well inside both contexts
     assert tokens.numel() == 12
 
 
@@ -853,9 +938,9 @@ def test_prompt_plus_max_new_tokens_equal_to_the_context_is_allowed():
     """The issue's rule: refuse only prompt + max_new_tokens BEYOND a context, as generate does."""
     target = random_model(0, vocab_size=16, max_seq_len=16)
     draft = perturbed_copy(target, 0.3)
-    expected = generate(target, [1, 2], 14, temperature=0)                  # 2 + 14 = 16: generate accepts
+    expected = plain_decode(target, [1, 2], 14, temperature=0)                  # 2 + 14 = 16: generate accepts
     try:
-        tokens, _ = speculative_generate(target, draft, [1, 2], 14, gamma=2, temperature=0)
+        tokens, _ = speculative_decode(target, draft, [1, 2], 14, gamma=2, temperature=0)
     except ValueError as error:
         pytest.fail("prompt + max_new_tokens = 16 = the context, which generate accepts, must be accepted "
                     f"by speculative_generate too (the last blocks draft fewer tokens): {error}")
@@ -867,4 +952,101 @@ def test_prompt_plus_max_new_tokens_equal_to_the_context_is_allowed():
                                              (dict(max_new_tokens=70), "context")])
 def test_generate_rejects_bad_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        generate(random_model(0, vocab_size=16), **{**dict(prompt_ids=[1, 2], max_new_tokens=5), **kwargs})
+        plain_decode(random_model(0, vocab_size=16), **{**dict(prompt_ids=[1, 2], max_new_tokens=5), **kwargs})
+
+
+# ----------------------------------------------------------------------------------------------
+# gamma="auto": the choice from measured costs (PAPER.md 5.5), and what the decoder does with it
+# ----------------------------------------------------------------------------------------------
+
+def test_expected_tokens_by_hand():
+    assert expected_tokens([0.5, 0.5, 0.5], 2) == pytest.approx(1 + 0.5 + 0.25)
+    assert expected_tokens([0.9, 0.5, 0.1], 3) == pytest.approx(1 + 0.9 + 0.45 + 0.045)
+    assert expected_tokens([0.9, 0.5], 0) == 1.0
+    for alpha in (0.3, 0.8):                 # constant alpha: PAPER.md 5.2's formula
+        assert expected_tokens([alpha] * 4, 4) == pytest.approx(predicted_block_efficiency(alpha, 4))
+
+
+def test_choose_gamma_on_synthetic_costs():
+    costs = {"plain": 1.0, "block": {1: 1.3, 2: 1.5, 3: 1.7, 4: 1.9}}
+    # alpha 0.8: tokens per unit of time 1.8/1.3 = 1.38, 2.44/1.5 = 1.63, 2.952/1.7 = 1.74, 3.3616/1.9 = 1.77
+    assert choose_gamma([0.8] * 4, costs) == 4
+    # alpha 0.6: 1.6/1.3 = 1.23, 1.96/1.5 = 1.31, 2.176/1.7 = 1.28, 2.3056/1.9 = 1.21
+    assert choose_gamma([0.6] * 4, costs) == 2
+    # per position: a sure first token, then nothing: gamma 1 (2/1.3 = 1.54 beats 2/1.5 = 1.33)
+    assert choose_gamma([1.0, 0.0, 0.0, 0.0], costs) == 1
+    # alpha 0.2: 1.2/1.3 = 0.92 < 1 plain token per unit: plain decoding
+    assert choose_gamma([0.2] * 4, costs) == 0
+    assert choose_gamma([0.9] * 4, {"plain": 1.0, "block": {1: 3.0, 2: 3.5}}) == 0   # a draft too slow
+
+
+def test_acceptance_counts_by_hand():
+    counts = AcceptanceCounts()
+    assert counts.alphas(3) == [0.5, 0.5, 0.5]                  # nothing counted: the prior
+    counts.add(2, 3)      # positions 1, 2 accepted, 3 rejected
+    counts.add(0, 3)      # position 1 rejected
+    counts.add(1, 1)      # a block of one token, accepted
+    assert (counts.tested, counts.accepted) == ([3, 1, 1], [2, 1, 0])
+    overall = (3 + 1) / (5 + 2)
+    m = AcceptanceCounts.PRIOR_TESTS
+    assert counts.alphas(4) == pytest.approx([(2 + m * overall) / (3 + m), (1 + m * overall) / (1 + m),
+                                              (0 + m * overall) / (1 + m), overall])
+
+
+def scheduled_gammas(monkeypatch, schedule: list[int]):
+    """Make gamma="auto" follow `schedule` (then its last value), whatever the costs say."""
+    chosen = iter(schedule)
+    monkeypatch.setattr(speculative_module, "choose_gamma", lambda alphas, costs: next(chosen, schedule[-1]))
+
+
+def test_auto_gamma_with_plain_steps_between_blocks_is_exact(monkeypatch):
+    """gamma 0 is a plain step of the target alone; the draft falls behind and is caught up
+    before the next block. With a draft that IS the target, a draft whose cache had missed those
+    tokens would propose wrong tokens: every block must accept all it drafts. Greedy output is
+    the target's own."""
+    target = random_model(0, vocab_size=32)
+    draft = copy.deepcopy(target)
+    prompt = [5, 9, 2, 7]
+    decoder = SpeculativeDecoder(target, draft, decoder_slots(target, draft, [prompt], 30, 3))
+    decoder.measure_costs(prompt, 0.0, max_gamma=3, repeats=1)
+    scheduled_gammas(monkeypatch, [2, 0, 0, 3, 0, 1, 0, 0, 0, 2, 3])
+    tokens, stats = decoder.generate(prompt, 30, "auto", temperature=0)
+    assert torch.equal(tokens, plain_decode(target, prompt, 30, temperature=0))
+    drafted = stats["drafted_per_block"]
+    assert 0 in drafted and 3 in drafted
+    assert stats["accepted_per_block"] == drafted                # every drafted token accepted
+
+
+def test_auto_gamma_switching_to_plain_steps_samples_the_target_joint(monkeypatch):
+    vocab_size, prompt, n_tokens, n_runs, sampling = 4, [1, 2], 3, 600, dict(temperature=1.0)
+    target = random_model(0, vocab_size=vocab_size, **TINY)
+    draft = perturbed_copy(target, noise=0.5)
+    target_joint = exact_joint(target, prompt, n_tokens, **sampling)
+    decoder = SpeculativeDecoder(target, draft, decoder_slots(target, draft, [prompt], n_tokens, 2))
+    decoder.measure_costs(prompt, 1.0, max_gamma=2, repeats=1)
+    generator, counts = torch.Generator().manual_seed(0), torch.zeros(vocab_size ** n_tokens)
+    for run in range(n_runs):
+        scheduled_gammas(monkeypatch, [[0, 2], [1, 0, 1], [2]][run % 3])
+        tokens, _ = decoder.generate(prompt, n_tokens, "auto", **sampling, generator=generator)
+        counts[sum(int(t) * vocab_size ** (n_tokens - 1 - i) for i, t in enumerate(tokens))] += 1
+    p_target = chi_square_p_value(counts, target_joint)
+    assert p_target > SIGNIFICANCE, f"auto gamma does not follow the target: p={p_target:.2g}"
+
+
+def test_auto_gamma_falls_back_to_plain_decoding_when_no_block_pays():
+    target = random_model(0, vocab_size=32)
+    draft = perturbed_copy(target, noise=3.0)                    # a draft that is seldom right
+    prompt = [3, 1, 4]
+    decoder = SpeculativeDecoder(target, draft, decoder_slots(target, draft, [prompt], 40, 4))
+    costs = decoder.measure_costs(prompt, 0.0, max_gamma=4, repeats=1)
+    assert set(costs["block"]) == {1, 2, 3, 4} and min(costs["block"].values()) > 0 < costs["plain"]
+    # A block of gamma 1 pays at the prior's alpha of 1/2 (1.5 tokens for 1.3 plain steps), and
+    # stops paying once alpha is below 0.3.
+    decoder.costs[((0.0, None, None), "sample")] = {"plain": 1.0, "block": {g: 1.1 + 0.2 * g for g in range(1, 5)}}
+    tokens, stats = decoder.generate(prompt, 40, "auto", temperature=0)
+    assert torch.equal(tokens, plain_decode(target, prompt, 40, temperature=0))
+    # Blocks until the counts show alpha too low for any gamma to pay, then plain steps only.
+    drafted = stats["drafted_per_block"]
+    assert drafted[0] > 0 and drafted[-10:] == [0] * 10
+    with pytest.raises(ValueError, match="measure_costs"):
+        SpeculativeDecoder(target, draft, 64).generate(prompt, 5, "auto", temperature=1.0)

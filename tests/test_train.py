@@ -300,6 +300,23 @@ def test_init_layers_trains_a_draft_cut_from_the_teacher(setup, tmp_path):
     assert load_model(out / "model").config.n_layers == 1
 
 
+
+def test_freeze_embeddings_trains_everything_but_the_shared_embedding(setup, tmp_path):
+    """--freeze-embeddings: the cut draft's token embedding (tied to its head) stays the
+    teacher's, bit for bit, and has no optimizer state, while its block and norm train."""
+    out = tmp_path / "frozen"
+    args = pretrain_args(setup, out, init=setup["root"] / "teacher", init_layers=1, max_steps=3, lr=1e-2)
+    at = args.index("--preset")
+    train.main(args[:at] + args[at + 2:] + ["--freeze-embeddings"])
+    teacher = load_file(setup["root"] / "teacher" / "model.safetensors")
+    trained = weights(out)
+    assert torch.equal(trained["tok_embeddings.weight"], teacher["tok_embeddings.weight"])
+    assert not torch.equal(trained["layers.0.attention.wq.weight"], teacher["layers.0.attention.wq.weight"])
+    assert not torch.equal(trained["norm.weight"], teacher["norm.weight"])
+    state = checkpoint(out)["optimizer"]["state"]
+    n_trainable = sum(1 for name in trained if name != "tok_embeddings.weight")
+    assert len(state) == n_trainable                              # no Adam moments for the embedding
+
 @pytest.mark.parametrize("loss", [None, "kld", "tvdpp"])
 def test_objective_computes_the_logits_of_the_trained_positions_only_and_changes_nothing_else(setup, loss):
     """train.objective has both models compute their logits at the masked positions alone: the

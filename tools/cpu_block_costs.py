@@ -35,13 +35,13 @@ def main() -> None:
 
     from checkpoints import load_model
     from data import load_jsonl_prompts
-    from distill_data import answer_vocabulary, load_distill_records
+    from distill_data import answer_vocabulary, load_answer_counts
     from fast_decode import few_row_matmuls, shortlist_head
     from speculative import Decoder, SpeculativeDecoder, decoder_slots
     from tokenizer import chat_prompt, load_tokenizer
 
     tok = load_tokenizer(args.gguf)
-    shortlist, _ = answer_vocabulary(load_distill_records(args.distill), args.shortlist)
+    shortlist, _ = answer_vocabulary(load_answer_counts(args.distill), args.shortlist)
     target = few_row_matmuls(load_model(args.gguf, "cpu", torch.float32))
     draft = few_row_matmuls(shortlist_head(load_model(args.draft, "cpu", torch.float32), shortlist))
     records = load_jsonl_prompts(f"{args.world}/eval_{args.task}.jsonl")[: args.prompts]

@@ -4,13 +4,16 @@
 
 SmolLM2-135M with random bf16 weights on fused+compile+graphs, 256 tokens in the cache: the
 kernels of one call of each (torch.profiler), those whose counts differ listed by name; then
-both calls recorded and replayed with the attention mask as the KV cache makes it (bool) and as
-an additive float mask (0 / -inf in the cache's dtype, made once per call), to see whether the
-mask is the cost. Needs a CUDA GPU. Recorded in results/bench/verify_kernels.log (one H200).
+both calls recorded and replayed with the attention mask as Llama.cache_inputs makes it (an
+additive float mask, 0 / -inf in the cache's dtype, made once per call) and as the boolean mask
+of KVCache.attention_mask that the code passed before, each with caches of a few slot counts
+(the attention kernels may pad the key length). Needs a CUDA GPU. Recorded in
+results/bench/verify_kernels.log.
 """
 import argparse
 import os
 import sys
+import types
 from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root's modules
@@ -42,35 +45,36 @@ def main() -> None:
     with torch.device("cuda"):
         target = Llama(get_config("smollm2-135m")).to(torch.bfloat16).eval()
     fast_decode.apply_decode_path([target], "fused+compile+graphs")
-    cache = target.new_cache(1, CONTEXT + 8)
-    with torch.no_grad():
-        target(torch.randint(0, 49152, (1, CONTEXT), device="cuda"), cache, torch.arange(CONTEXT, device="cuda"))
-    calls = {n: (torch.randint(0, 49152, (1, n), device="cuda"), torch.arange(CONTEXT, CONTEXT + n, device="cuda"))
-             for n in (1, 5)}
+    additive = model_module.Llama.cache_inputs
 
-    def call(n):
-        tokens, slots = calls[n]
-        return lambda: target(tokens, cache, slots)
+    def boolean(self, cache, input_pos):                  # the mask as SDPA got it before
+        positions = cache.positions(input_pos)
+        return self.rope_cos[positions], self.rope_sin[positions], cache.attention_mask(input_pos)
 
-    bool_mask = model_module.KVCache.attention_mask
-
-    def additive_mask(self, input_pos):
-        allowed = bool_mask(self, input_pos)                                     # (B, 1, T, S) bool
-        return torch.zeros(allowed.shape, dtype=self.k[0].dtype, device=allowed.device).masked_fill(~allowed, float("-inf"))
+    def calls(slots: int):
+        cache = target.new_cache(1, slots)
+        with torch.no_grad():
+            target(torch.randint(0, 49152, (1, CONTEXT), device="cuda"), cache, torch.arange(CONTEXT, device="cuda"))
+        made = {n: (torch.randint(0, 49152, (1, n), device="cuda"), torch.arange(CONTEXT, CONTEXT + n, device="cuda"))
+                for n in (1, 5)}
+        return {n: (lambda tokens=tokens, where=where: target(tokens, cache, where)) for n, (tokens, where) in made.items()}
 
     with torch.no_grad():
-        names = {n: kernel_names(call(n)) for n in (1, 5)}
+        call = calls(CONTEXT + 8)
+        names = {n: kernel_names(call[n]) for n in (1, 5)}
         print(f"kernels per call: 1 token {sum(names[1].values())}, 5 tokens {sum(names[5].values())}")
         for name in sorted(set(names[1]) | set(names[5]), key=lambda k: names[5][k] - names[1][k]):
             if names[1][name] != names[5][name]:
                 print(f"  {names[1][name]:4d} -> {names[5][name]:4d}  {name[:150]}")
-        for label, mask in (("bool mask (KVCache.attention_mask)", bool_mask), ("additive float mask", additive_mask)):
-            model_module.KVCache.attention_mask = mask
+        for label, inputs in (("additive float mask (Llama.cache_inputs)", additive), ("boolean mask", boolean)):
+            target.cache_inputs = torch.compile(types.MethodType(inputs, target), fullgraph=True)  # as compile_blocks does
             torch._dynamo.reset()
-            ms = {n: cuda_time(fast_decode.CudaGraph(call(n)), repeats=50) * 1e3 for n in (1, 5)}
-            print(f"{label}: recorded 1-token step {ms[1]:.3f} ms, 5-token verify {ms[5]:.3f} ms "
-                  f"({ms[5] / ms[1]:.2f}x); kernels {sum(kernel_names(call(1)).values())} / "
-                  f"{sum(kernel_names(call(5)).values())}", flush=True)
+            for slots in (CONTEXT + 8, CONTEXT + 16, CONTEXT + 64):
+                call = calls(slots)
+                ms = {n: cuda_time(fast_decode.CudaGraph(call[n]), repeats=50) * 1e3 for n in (1, 5)}
+                print(f"{label}, {slots} slots: recorded 1-token step {ms[1]:.3f} ms, 5-token verify {ms[5]:.3f} ms "
+                      f"({ms[5] / ms[1]:.2f}x); kernels {sum(kernel_names(call[1]).values())} / "
+                      f"{sum(kernel_names(call[5]).values())}", flush=True)
 
 
 if __name__ == "__main__":

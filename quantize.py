@@ -1,0 +1,85 @@
+"""
+quantize.py: weight-only quantization, so that a CPU reads fewer bytes per decode step.
+
+Why. Decoding one token reads every weight of the model once and does two FLOPs per weight
+read: on a CPU the step's time follows the bytes it reads. float32 weights are 4 bytes each;
+llama.cpp reads SmolLM2's GGUF at about 4.5 bits per weight. Two weight-only schemes, each a
+decode path (`--decode-path`), both keeping the activations in float32 between products:
+
+  bf16-weights  every weight rounded to bfloat16 (2 bytes): float32's exponent with 8 bits of
+                mantissa. The product runs in bfloat16 (float32 accumulation) where the CPU has
+                the instructions for it (AVX-512 BF16, AMX); the input is rounded to bfloat16
+                for the product, its output returned as float32.
+  int8-weights  every weight an int8 times a float scale per output row: w[o, i] = s[o] q[o, i],
+                s[o] = max_i |w[o, i]| / 127 (the scheme of gpt-fast's int8 weight-only mode),
+                1 byte per weight; the product is torch's own int8 weight-only kernel.
+
+Which one is faster depends on the CPU and its kernels: BENCHMARKS.md measures both against
+float32 for the 1 to 6 rows a decode step or a verify pass multiplies (tools/cpu_costs.py).
+
+What it changes. The quantized model is ANOTHER model: its next-token distribution differs from
+the float32 one by the rounding of the weights. Speculative decoding stays exactly lossless with
+respect to the model it runs: with the target quantized, the output is distributed as the
+QUANTIZED target's own sampling (tests/test_speculative.py checks that by chi-square against the
+quantized target's exact distribution), and README says how close that model is to float32's.
+Only nn.Linear layers are quantized (the blocks' projections and the LM head); the embedding stays
+float32: a step reads one row of it, not all of it. For decoding only: training needs float32.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model import Llama
+
+SCHEMES = ("bfloat16", "int8")
+
+
+class QuantizedLinear(nn.Module):
+    """A bias-free nn.Linear whose weight is stored in bfloat16, or as int8 with a scale per
+    output row; forward(x) is x W^T for float32 x (..., in) -> (..., out), float32."""
+
+    def __init__(self, linear: nn.Linear, scheme: str):
+        super().__init__()
+        weight = linear.weight.detach().float()                                   # (out, in)
+        self.scheme, self.in_features, self.out_features = scheme, linear.in_features, linear.out_features
+        if scheme == "bfloat16":
+            self.register_buffer("weight", weight.to(torch.bfloat16))
+        else:
+            # The row's largest magnitude maps to 127: the rounding error of a weight is at most
+            # half a step, s[o] / 2, relative to its row's range, not to the whole matrix's. The
+            # kernel takes bfloat16 scales: rounded UP to one, so that no weight needs past 127.
+            largest = weight.abs().amax(dim=1).clamp(min=1e-30)                        # (out,)
+            scales = (largest / 127).to(torch.bfloat16)
+            scales = torch.where(scales.float() * 127 < largest, torch.nextafter(scales, scales.new_tensor(1e30)), scales)
+            self.register_buffer("weight", (weight / scales.float()[:, None]).round().clamp(-127, 127).to(torch.int8))
+            self.register_buffer("scales", scales)
+
+    def dequantized(self) -> torch.Tensor:
+        """The weight this layer multiplies by, as float32 (out, in): what the model now IS."""
+        if self.scheme == "bfloat16":
+            return self.weight.float()
+        return self.weight.float() * self.scales.float()[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)                 # (rows, in)
+        if self.scheme == "bfloat16":
+            out = F.linear(flat, self.weight)
+        else:
+            out = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scales)
+        return out.float().view(*x.shape[:-1], self.out_features)                   # (..., out)
+
+
+def quantize_weights(model: Llama, scheme: str) -> Llama:
+    """Replace every bias-free nn.Linear of the model (all of a Llama's, a ShortlistHead's too)
+    by a QuantizedLinear, in place. A tied head gets its own quantized copy of the embedding
+    matrix; the embedding itself stays float32."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown quantization {scheme!r}; choose one of {SCHEMES}")
+    if model.device.type != "cpu":
+        raise ValueError("the weight-only quantized paths are for a CPU; on a GPU use --dtype bfloat16")
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear and child.bias is None:
+                setattr(parent, name, QuantizedLinear(child, scheme))
+    return model

@@ -1,0 +1,76 @@
+"""speculative.block_stats on counts where every candidate formula gives a different number
+(issue 38: the earlier hand test used numbers for which the right tau and "kept tokens per block"
+coincided). Every expected value is typed by hand from PAPER.md section 5's definitions."""
+
+import pytest
+
+from speculative import block_stats
+
+# Four blocks of a run that drafted 3, 2, 4 and 2 tokens (short blocks near a context's end) and
+# accepted 3 (all), 0, 1 and 2 (all). A stop token in the last block cut the output to 8 tokens.
+ACCEPTED, DRAFTED, N_TOKENS = [3, 0, 1, 2], [3, 2, 4, 2], 8
+#   tau   = mean over blocks of (accepted + 1) = (4 + 1 + 2 + 3) / 4        = 2.5
+#   kept tokens per block = 8 / 4                                             = 2.0   (not tau)
+#   tests = 3 (fully accepted) + 1 (rejected at 1) + 2 (rejected at 2) + 2 (fully accepted) = 8
+#   alpha = accepted / tests = 6 / 8                                          = 0.75
+#   accepted / drafted = 6 / 11 = 0.545, accepted / (blocks x max gamma) = 6 / 16 = 0.375 (not alpha)
+
+
+def test_block_efficiency_is_the_mean_of_accepted_plus_one_not_kept_tokens_per_block():
+    """Guards tau against "new tokens / blocks", which undercounts a block whose tokens were cut
+    by a stop token (tau measures the blocks, PAPER.md 5.1)."""
+    stats = block_stats(ACCEPTED, DRAFTED, N_TOKENS, seconds=2.0)
+    assert stats["block_efficiency"] == pytest.approx(2.5)
+    assert stats["new_tokens"] == 8
+
+
+def test_acceptance_rate_counts_the_tests_made_not_the_tokens_drafted():
+    """Guards alpha against accepted / drafted (tokens after a rejection were never tested) and
+    against counting a fully accepted block as gamma + 1 tests."""
+    stats = block_stats(ACCEPTED, DRAFTED, N_TOKENS, seconds=2.0)
+    assert stats["accept_tests"] == 8
+    assert stats["acceptance_rate"] == pytest.approx(0.75)
+
+
+def test_call_counts_by_hand():
+    """Guards the cost counts: one target call per block, one draft call per drafted token."""
+    stats = block_stats(ACCEPTED, DRAFTED, N_TOKENS, seconds=2.0)
+    assert (stats["target_calls"], stats["draft_calls"]) == (4, 11)
+    assert (stats["accepted_per_block"], stats["drafted_per_block"]) == (ACCEPTED, DRAFTED)
+    assert stats["seconds"] == 2.0
+
+
+def test_per_position_tests_and_acceptances_by_hand():
+    """Guards alpha_k's counts (PAPER.md 5.2): position k is tested by the blocks that drafted at
+    least k tokens and accepted the first k - 1; the counts must add up to the totals above.
+      k=1: tested by all 4 blocks, accepted by 3 (blocks 1, 3, 4)
+      k=2: tested by blocks 1, 3, 4 (block 2 stopped at 1), accepted by blocks 1 and 4
+      k=3: tested by block 1 alone (block 4 drafted 2), accepted by it
+      k=4: no block drafted 4 tokens AND accepted the first 3 (block 3 drafted 4 but stopped at 2)"""
+    stats = block_stats(ACCEPTED, DRAFTED, N_TOKENS, seconds=2.0)
+    assert stats["tested_at"] == [4, 3, 1, 0]
+    assert stats["accepted_at"] == [3, 2, 1, 0]
+
+
+def test_evaluate_pools_tau_per_prompt_and_alpha_over_all_tests():
+    """Guards evaluate.pool_runs (the numbers of every results row): tau is the mean over prompts
+    of each prompt's tau (each prompt counts once), alpha is all accepted draft tokens over all
+    tests of all prompts (not the mean of per-prompt alphas), alpha_k likewise per position.
+      prompt A: blocks accepted [3, 0] of gamma 3 -> tau (4 + 1) / 2 = 2.5, tests 3 + 1 = 4, accepted 3
+      prompt B: blocks accepted [1, 1, 2, 0] of gamma 3 -> tau (2 + 2 + 3 + 1) / 4 = 2.0,
+                tests 2 + 2 + 3 + 1 = 8, accepted 4
+      pooled tau = (2.5 + 2.0) / 2 = 2.25, NOT all tokens over all blocks (13 / 6 = 2.17);
+      pooled alpha = (3 + 4) / (4 + 8) = 7 / 12 = 0.583, NOT the mean of 3/4 and 4/8 (0.625);
+      alpha_1 = accepted at 1 (A: 1, B: 3) / tested at 1 (A: 2, B: 4) = 4 / 6,
+      alpha_2 = (1 + 1) / (1 + 3) = 2 / 4, alpha_3 = (1 + 0) / (1 + 1) = 1 / 2;
+      tokens/s = (5 + 8) new tokens / (1.0 + 3.0) s = 3.25; mean gamma 3."""
+    from evaluate import pool_runs
+    runs = [(5, block_stats([3, 0], [3, 3], 5, 1.0)), (8, block_stats([1, 1, 2, 0], [3, 3, 3, 3], 8, 3.0))]
+    row = pool_runs(runs)
+    assert row["block_efficiency"] == pytest.approx(2.25)
+    assert row["ci95"] == pytest.approx(1.96 * (0.125 ** 0.5) / (2 ** 0.5))     # sample std of 2.5, 2.0
+    assert row["acceptance_rate"] == pytest.approx(7 / 12)
+    assert row["alpha_per_position"] == pytest.approx([4 / 6, 2 / 4, 1 / 2])
+    assert row["tests_per_position"] == [6, 4, 2]
+    assert row["tokens_per_s"] == pytest.approx(3.25)
+    assert row["mean_gamma"] == 3
