@@ -361,7 +361,13 @@ def _own_or_hf_checkpoint(directory: Path, raw: dict, config_file: Path):
 
     def tensors():
         for file in files:
-            for stored, tensor in _read_tensors(file):
+            stored_tensors = _read_tensors(file)
+            if raw.get("int8_rows"):                # save_model(dtype=torch.int8): w = scale q per row
+                stored_tensors = dict(stored_tensors)
+                stored_tensors = [(name, t.float() * stored_tensors[name + ".scale"].float()[:, None]
+                                   if t.dtype == torch.int8 else t)
+                                  for name, t in stored_tensors.items() if not name.endswith(".scale")]
+            for stored, tensor in stored_tensors:
                 name = hf_to_meta_name(stored) if from_hf else stored
                 n_heads = _rope_heads(name, config) if (from_hf and name) else None
                 if n_heads and tensor.dim() == 2 and tensor.shape[0] % (2 * n_heads) == 0:
@@ -525,7 +531,9 @@ def _write_checkpoint(out_dir, tensors: dict[str, torch.Tensor], config_json: di
 
 def save_model(model: Llama, out_dir, dtype: torch.dtype | None = None, embedding_from=None) -> None:
     """Save in this project's format; load_model reads it back. dtype: store the weights in it
-    (bfloat16: half the bytes of float32). embedding_from: the checkpoint (a draft's target) whose
+    (bfloat16: half the bytes of float32), or torch.int8: every matrix as int8 rows with a
+    bfloat16 scale per row (quantize.int8_rows, a quarter of the bytes; loaded as float).
+    embedding_from: the checkpoint (a draft's target) whose
     token embedding -- and tied head -- this model shares unchanged (a draft cut from its target
     and trained with train.py --freeze-embeddings). Then the embedding is not stored, only the
     target's name and the embedding's sha256 (embedding_digest), and load_model(path, base=target)
@@ -543,7 +551,13 @@ def save_model(model: Llama, out_dir, dtype: torch.dtype | None = None, embeddin
                              "its target's embedding frozen (train.py --freeze-embeddings) can be saved without it")
         config_json["embedding_from"] = {"checkpoint": Path(embedding_from).name, "sha256": digest}
         tensors = {name: tensor for name, tensor in tensors.items() if name != "tok_embeddings.weight"}
-    if dtype is not None:
+    if dtype == torch.int8:           # matrices as int8 rows and a scale per row (quantize.int8_rows)
+        from quantize import int8_rows
+        config_json["int8_rows"] = True
+        tensors = {key: value for name, tensor in tensors.items()
+                   for key, value in (zip((name, name + ".scale"), int8_rows(tensor)) if tensor.dim() == 2
+                                      else [(name, tensor)])}
+    elif dtype is not None:
         tensors = {name: tensor.to(dtype) for name, tensor in tensors.items()}
     _write_checkpoint(out_dir, tensors, config_json)
 

@@ -274,6 +274,7 @@ def plot(results: list[dict], path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     tasks = sorted({r["task"] for r in results})
     temperatures = sorted({r["temperature"] for r in results})
     drafts = list(dict.fromkeys(r["draft"] for r in results))
@@ -309,6 +310,7 @@ def plot(results: list[dict], path: str) -> None:
             ax.set_title(f"{task}, T={temperature:g}")
             ax.set_xlabel("k (draft position)" if key == "alpha_per_position" else "gamma (draft tokens per block)")
             ax.set_ylabel(label)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))          # gamma and k are whole numbers
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8, title="solid: rejection rule\ndashed: argmax drafting", title_fontsize=7)
     fig.tight_layout()

@@ -33,7 +33,8 @@ from model import Llama
 from quantize import quantize_weights
 
 GPU_PATHS = ("graphs", "compile+graphs", "fused+compile+graphs")      # need the models on a CUDA GPU
-QUANTIZED_PATHS = {"bf16-weights": "bfloat16", "int8-weights": "int8"}  # a CPU's: quantize.py
+QUANTIZED_PATHS = {"bf16-weights": "bfloat16", "int8-weights": "int8",  # a CPU's: quantize.py; with
+                   "compile+int8-weights": "int8"}                      # its blocks compiled, too
 DECODE_PATHS = ("eager", "few-row-matmuls", *QUANTIZED_PATHS) + GPU_PATHS
 
 

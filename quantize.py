@@ -16,6 +16,9 @@ decode path (`--decode-path`), both keeping the activations in float32 between p
 
 Which one is faster depends on the CPU and its kernels: BENCHMARKS.md measures both against
 float32 for the 1 to 6 rows a decode step or a verify pass multiplies (tools/cpu_costs.py).
+With the products cheaper, the rest of a step -- dozens of small element-wise operations per
+block, each a call of its own -- weighs more: the path compile+int8-weights also compiles every
+block (fast_decode.compile_blocks; on a CPU torch.compile generates C++, so it needs a compiler).
 
 What it changes. The quantized model is ANOTHER model: its next-token distribution differs from
 the float32 one by the rounding of the weights. Speculative decoding stays exactly lossless with
@@ -35,6 +38,19 @@ from model import Llama
 SCHEMES = ("bfloat16", "int8")
 
 
+def int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """weight (out, in) as int8 rows q (out, in) and a bfloat16 scale per row s (out,), w ~ s q.
+
+    The row's largest magnitude maps to 127: the rounding error of a weight is at most half a
+    step, s[o] / 2, relative to its row's range, not to the whole matrix's. The kernel takes
+    bfloat16 scales: rounded UP to one, so that no weight needs more than 127 steps."""
+    weight = weight.detach().float()
+    largest = weight.abs().amax(dim=1).clamp(min=1e-30)                                # (out,)
+    scales = (largest / 127).to(torch.bfloat16)
+    scales = torch.where(scales.float() * 127 < largest, torch.nextafter(scales, scales.new_tensor(1e30)), scales)
+    return (weight / scales.float()[:, None]).round().clamp(-127, 127).to(torch.int8), scales
+
+
 class QuantizedLinear(nn.Module):
     """A bias-free nn.Linear whose weight is stored in bfloat16, or as int8 with a scale per
     output row; forward(x) is x W^T for float32 x (..., in) -> (..., out), float32."""
@@ -46,13 +62,8 @@ class QuantizedLinear(nn.Module):
         if scheme == "bfloat16":
             self.register_buffer("weight", weight.to(torch.bfloat16))
         else:
-            # The row's largest magnitude maps to 127: the rounding error of a weight is at most
-            # half a step, s[o] / 2, relative to its row's range, not to the whole matrix's. The
-            # kernel takes bfloat16 scales: rounded UP to one, so that no weight needs past 127.
-            largest = weight.abs().amax(dim=1).clamp(min=1e-30)                        # (out,)
-            scales = (largest / 127).to(torch.bfloat16)
-            scales = torch.where(scales.float() * 127 < largest, torch.nextafter(scales, scales.new_tensor(1e30)), scales)
-            self.register_buffer("weight", (weight / scales.float()[:, None]).round().clamp(-127, 127).to(torch.int8))
+            rows, scales = int8_rows(weight)
+            self.register_buffer("weight", rows)
             self.register_buffer("scales", scales)
 
     def dequantized(self) -> torch.Tensor:

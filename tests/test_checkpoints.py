@@ -220,6 +220,26 @@ def test_a_draft_sharing_its_targets_embedding_is_saved_without_it(tmp_path):
     with pytest.raises(ValueError, match="--freeze-embeddings"):
         save_model(draft, tmp_path / "draft2", embedding_from=tmp_path / "target")
 
+
+def test_int8_storage_keeps_each_matrix_as_int8_rows_and_their_scales(tmp_path):
+    """save_model(dtype=torch.int8): every matrix as int8 rows and a bfloat16 scale per row
+    (quantize.int8_rows), norms as they are; load_model gives back scale * q."""
+    from quantize import int8_rows
+    model = random_model(LLAMA2)
+    save_model(model, tmp_path / "int8", dtype=torch.int8)
+    with safe_open(tmp_path / "int8" / "model.safetensors", framework="pt") as f:
+        assert f.get_tensor("layers.0.attention.wq.weight").dtype == torch.int8
+        assert f.get_tensor("layers.0.attention.wq.weight.scale").dtype == torch.bfloat16
+        assert f.get_tensor("norm.weight").dtype == torch.float32
+    loaded = load_model(tmp_path / "int8")
+    for name, param in model.named_parameters():
+        if param.dim() == 2:
+            rows, scales = int8_rows(param)
+            expected = rows.float() * scales.float()[:, None]
+            assert torch.equal(loaded.get_parameter(name), expected), name
+        else:
+            assert torch.equal(loaded.get_parameter(name), param)
+
 @pytest.mark.parametrize("config", [LLAMA2, LLAMA3, get_config("test", rope_scaling=LLAMA31_SCALING)],
                          ids=["llama2", "llama3-tied", "llama3.1-scaled"])
 def test_export_hf_matches_hand_written_hf_layout(tmp_path, config):

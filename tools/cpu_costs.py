@@ -17,6 +17,8 @@ Three measurements, one per sub-command:
            column; then one SmolLM2 step on 'few-row-matmuls' with 1-row products taken the
            library's way and as two rows. (results/smollm2-cpu/few_row_costs.txt, recorded at
            commit 92e298e, whose script also timed FewRowLinear's old transposed-view output)
+  weights  one product of each SmolLM2 weight shape with 1 to 6 rows, with the weight stored as
+           each decode path stores it: float32 (both ways), bfloat16, int8 (quantize.py).
 Each figure is a median after warm-ups, at this machine's threads; 64 tokens in the cache.
 """
 import argparse
@@ -59,9 +61,9 @@ def passes(args) -> None:
     from fast_decode import apply_decode_path
 
     paths = {"target (SmolLM2-135M)": args.gguf, **({"draft": args.draft} if args.draft else {})}
-    for decode_path in ("eager", "few-row-matmuls"):
+    for decode_path in args.paths.split(","):
         for name, path in paths.items():
-            model = load_model(path, "cpu", torch.float32)
+            model = load_model(path, "cpu", torch.float32, base=args.gguf)
             apply_decode_path([model], decode_path)
             print(f"{decode_path:>15} {name}:", " ".join(f"T={t} {pass_ms(model, t):.1f}" for t in range(1, 8)), "ms")
     weight = torch.randn(49152, 576)
@@ -79,10 +81,11 @@ def drafts(args) -> None:
     from fast_decode import apply_decode_path
     from model import Llama, count_params, get_config
 
-    for path in ("eager", "few-row-matmuls"):
-        for name in ("smollm2-draft-2l", "smollm2-draft-4l", "cut:4"):
+    for path in args.paths.split(","):
+        for name in ("smollm2-draft-2l", "smollm2-draft-4l", "cut:2", "cut:4"):
             torch.manual_seed(0)
-            config = replace(get_config("smollm2-135m"), n_layers=4) if name == "cut:4" else get_config(name)
+            config = (replace(get_config("smollm2-135m"), n_layers=int(name[4:])) if name.startswith("cut:")
+                      else get_config(name))
             model = Llama(config).eval()
             apply_decode_path([model], path)
             print(f"{path:>15} {name} ({count_params(model) / 1e6:.1f}M): 1-token step {pass_ms(model, 1):.1f} ms, "
@@ -120,15 +123,38 @@ def products(args) -> None:
         print(f"(c) SmolLM2, 1 token, one row {'as two' if as_two else 'the library way'}: {pass_ms(model, 1):.1f} ms")
 
 
+def weights(args) -> None:
+    """One product of each SmolLM2 weight shape with 1 to 6 rows, as each decode path stores the
+    weight: float32 the library's way (x W^T) and few-row-matmuls' way ((W x^T)^T), bfloat16 and
+    int8 (quantize.QuantizedLinear)."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    from quantize import QuantizedLinear
+    torch.manual_seed(0)
+    for out_features, in_features, name in ((960, 576, "wq|wk|wv"), (576, 576, "wo"), (1536, 576, "w1 or w3"),
+                                            (576, 1536, "w2"), (49152, 576, "the LM head")):
+        linear = nn.Linear(in_features, out_features, bias=False)
+        ways = {"float32 x W^T": lambda x: F.linear(x, linear.weight),
+                "float32 (W x^T)^T": lambda x: (linear.weight @ x.T).T.contiguous(),
+                "bfloat16": QuantizedLinear(linear, "bfloat16"), "int8": QuantizedLinear(linear, "int8")}
+        for label, product in ways.items():
+            row_ms = [median_ms(lambda: product(torch.randn(rows, in_features)), repeats=30) for rows in range(1, 7)]
+            print(f"{name} ({out_features} x {in_features}), {label}: " +
+                  ", ".join(f"{rows} row{'s' * (rows > 1)} {ms:.3f}" for rows, ms in enumerate(row_ms, 1)) + " ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("passes", "drafts", "products"), help="which measurement (see above)")
+    parser.add_argument("what", choices=("passes", "drafts", "products", "weights"), help="which measurement (see above)")
+    parser.add_argument("--paths", default="eager,few-row-matmuls", help="passes, drafts: the decode paths")
     parser.add_argument("--gguf", default=GGUF, help="the target (passes, products)")
     parser.add_argument("--draft", default=None, help="a trained draft's model directory (passes)")
     args = parser.parse_args()
     import torch                                  # after the flags: --help needs no torch
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    {"passes": passes, "drafts": drafts, "products": products}[args.what](args)
+    {"passes": passes, "drafts": drafts, "products": products, "weights": weights}[args.what](args)
 
 
 if __name__ == "__main__":

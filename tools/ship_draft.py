@@ -6,12 +6,12 @@
 A draft cut from its target and trained with the target's embedding frozen (train.py
 --freeze-embeddings, run.sh's FREEZE_EMBEDDINGS=1 on the smollm2 preset) shares that embedding and
 its tied head, which for SmolLM2 is 28M of a 4-block draft's 42M parameters. This writes
---out/model.safetensors and config.json with the draft's own weights alone (bfloat16 by default;
-checkpoints.save_model's embedding_from), which load_model(--out, base=the target) completes, and
+--out/model.safetensors and config.json with the draft's own weights alone (bfloat16 by default,
+or int8 rows with a scale per row; checkpoints.save_model's embedding_from), which load_model(--out, base=the target) completes, and
 --out/answer_counts.json: how often the target wrote each token in the distillation data, so that
 a CPU can decode the draft over a shortlist of the vocabulary without the data
 (--draft-vocab N --draft-vocab-data --out/answer_counts.json). It checks that the stored draft,
-completed by the target, gives the trained draft's logits (to bfloat16 rounding).
+completed by the target, gives the trained draft's logits (to the storage's rounding).
 """
 import argparse
 import json
@@ -27,16 +27,17 @@ def main() -> None:
     parser.add_argument("--target", required=True, help="its target, whose embedding it shares (e.g. the .gguf)")
     parser.add_argument("--data", required=True, help="the distillation data it was trained on (distill.jsonl)")
     parser.add_argument("--out", required=True, help="the directory to write")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "int8"],
+                        help="how the weights are stored: int8 is a quarter of float32 (int8 rows, a scale per row)")
     args = parser.parse_args()
     import torch                                  # after the flags: --help needs no torch
 
-    from checkpoints import DTYPES, load_model, save_model
+    from checkpoints import load_model, save_model
     from common import write_atomically
     from distill_data import answer_counts, load_distill_records
 
     draft = load_model(args.draft)
-    save_model(draft, args.out, dtype=DTYPES[args.dtype], embedding_from=args.target)
+    save_model(draft, args.out, dtype=getattr(torch, args.dtype), embedding_from=args.target)
     counts = answer_counts(load_distill_records(args.data))
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     write_atomically(os.path.join(args.out, "answer_counts.json"), json.dumps({"counts": ranked}))
