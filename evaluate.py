@@ -89,14 +89,17 @@ def pool_runs(runs: list[tuple[int, dict]]) -> dict:
 def evaluate_pair(target: Llama, draft: Llama, prompts: list[list[int]], gammas: list, temperature: float,
                   max_new_tokens: int, top_k: int | None = None, top_p: float | None = None, stop_ids=(),
                   seed: int = 0, plain: Decoder | None = None, graphs: bool = False,
-                  decoder: SpeculativeDecoder | None = None, draft_modes: tuple = ("sample",)) -> list[dict]:
+                  decoder: SpeculativeDecoder | None = None, draft_modes: tuple = ("sample",),
+                  param_counts: tuple[int, int] | None = None) -> list[dict]:
     """Speculative decoding over `prompts` (prompt i with a generator seeded seed + i) at each of
     `gammas` and each draft mode: a row of the results table per (gamma, mode). A gamma may be
     "auto" (SpeculativeDecoder.generate): it chooses before every block from the step costs,
     measured here first, and the acceptance counted so far on this task at this temperature --
     the earlier prompts' blocks and this prompt's blocks at the fixed gammas, which run before it.
     `decoder`: a SpeculativeDecoder of this pair with slots for every prompt and the largest
-    gamma, to reuse across calls; by default a new one.
+    gamma, to reuse across calls; by default a new one. `param_counts`: the target's and the
+    draft's parameters for MBSU, counted before a decode path (a quantized one keeps weights as
+    buffers) or a shortlist changed the models; by default counted now.
 
     With `plain`, a batch-1 Decoder of the target with slots for every prompt, also the wall-clock
     speed-up over plain decoding of the same prompts with the same settings and seeds, timed
@@ -144,8 +147,8 @@ def evaluate_pair(target: Llama, draft: Llama, prompts: list[list[int]], gammas:
         block_gamma = gamma if gamma != "auto" else row["mean_gamma"]
         row["predicted_block_efficiency"] = (predicted_block_efficiency(row["acceptance_rate"], gamma)
                                              if gamma != "auto" else None)
-        row["mbsu"] = memory_bound_speedup(count_params(target), count_params(draft), row["block_efficiency"],
-                                           block_gamma)
+        row["mbsu"] = memory_bound_speedup(*(param_counts or (count_params(target), count_params(draft))),
+                                           row["block_efficiency"], block_gamma)
         if plain is not None:
             row["baseline_tokens_per_s"] = plain_tokens / plain_seconds
             row["speedup"] = row["tokens_per_s"] / row["baseline_tokens_per_s"]
@@ -437,6 +440,7 @@ def main(argv=None):
         for i, prompt in enumerate(task_prompts, 1):
             for model in (target, *drafts.values()):
                 check_context(model, len(prompt) + args.max_new_tokens, f"prompt {i} of {prompt_paths[task]}")
+    param_counts = {name: (count_params(target), count_params(draft)) for name, draft in drafts.items()}   # as loaded
     if args.draft_vocab is not None:
         shortlist, coverage = answer_vocabulary(load_answer_counts(args.draft_vocab_data), args.draft_vocab)
         print(f"drafts decode over the {len(shortlist):,} tokens the target wrote most often in "
@@ -445,8 +449,8 @@ def main(argv=None):
             fast_decode.shortlist_head(draft, shortlist)
     options = fast_decode.apply_decode_path([target, *drafts.values()], args.decode_path)
 
-    report = {"preset": args.preset, "target_params": count_params(target),
-              "draft_params": count_params(next(iter(drafts.values()))), "settings": settings, "results": rows}
+    report = {"preset": args.preset, "target_params": next(iter(param_counts.values()))[0],
+              "draft_params": next(iter(param_counts.values()))[1], "settings": settings, "results": rows}
     done = {(r["draft"], r["task"], r["temperature"], r["gamma"], r["draft_mode"]) for r in report["results"]}
     cell_done = lambda name, task, temperature: all(                 # noqa: E731
         (name, task, temperature, gamma, mode) in done for gamma in gammas for mode in draft_modes)
@@ -474,7 +478,7 @@ def main(argv=None):
                 # fixed gammas first.
                 for row in evaluate_pair(target, draft, task_prompts, gammas, temperature, args.max_new_tokens,
                                          stop_ids=tok.stop_ids, seed=args.seed, plain=plain, **options,
-                                         decoder=speculative, draft_modes=draft_modes):
+                                         decoder=speculative, draft_modes=draft_modes, param_counts=param_counts[name]):
                     report["results"].append({"draft": name, "task": task, **row})
                     timing = f", speed-up {row['speedup']:.2f}x" if args.speedup else ""
                     print(f"{name:>12} {task:>10} T={temperature:g} gamma={row['gamma']} {row['draft_mode']}: tau "

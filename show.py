@@ -236,7 +236,8 @@ def main(argv: list[str] | None = None) -> None:
             raise ValueError(f"{flag} {out} is a directory; give a file name inside it, such as {out}/{example}")
         if out is not None:
             check_output(out)
-    tok, prompt, target, draft, decoder, sampling, gamma, options = speculative.load_for_decoding(args)
+    loaded = speculative.load_for_decoding(args)
+    tok, prompt, decoder, sampling, gamma = loaded.tok, loaded.prompt, loaded.decoder, loaded.sampling, loaded.gamma
     generator = torch.Generator(args.device).manual_seed(args.seed)
     tokens, stats = decoder.generate(prompt, args.max_new_tokens, gamma, *sampling, tok.stop_ids, generator,
                                      tok.pad_id, args.draft_mode)

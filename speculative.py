@@ -28,8 +28,10 @@ fast_decode.StepRunner, in one line, and the reader of the eager path need not o
 """
 
 import argparse
+import math
 import time
 from collections.abc import Collection
+from types import SimpleNamespace
 
 import torch
 
@@ -438,7 +440,7 @@ class SpeculativeDecoder:
         new_tokens, blocks, n_tokens, draft_end = [], [], P, P - 1     # the draft holds slots < draft_end
         with self.steps.generator(generator) as generator:
             while len(new_tokens) < max_new_tokens:
-                chosen = choose_gamma(counts.alphas(max_gamma), self.costs[key]) if auto else gamma
+                chosen = choose_gamma(counts.optimistic_alphas(max_gamma), self.costs[key]) if auto else gamma
                 block_gamma = min(chosen, context - n_tokens)     # = gamma except at the end of a context
                 if block_gamma == 0:                              # a plain step; the draft falls behind
                     token = self.steps.run(("plain", sampling), lambda: decode_step(
@@ -538,7 +540,13 @@ class AcceptanceCounts:
     alpha_k they estimate for choose_gamma. A position seldom tested (the 5th token when blocks
     rarely accept 4) borrows from the acceptance of all positions: alpha_k = (accepted_k +
     m alpha) / (tested_k + m), with alpha = (accepted + 1) / (tests + 2) over every position and
-    m = PRIOR_TESTS pseudo-tests. With nothing counted yet every alpha_k is 1/2."""
+    m = PRIOR_TESTS pseudo-tests. With nothing counted yet every alpha_k is 1/2.
+
+    choose_gamma is given these estimates plus a standard error (optimistic_alphas). Why: a
+    plain step tests no draft token, so a decoder that has switched to plain steps learns nothing
+    more about the draft; chosen on the bare estimate, one or two early rejections could stop it
+    from ever trying a block again. Optimistic while the counts are few, it keeps trying blocks
+    until they show that none pays; with many counts the error, and the optimism, vanish."""
     PRIOR_TESTS = 4
 
     def __init__(self):
@@ -558,6 +566,13 @@ class AcceptanceCounts:
         counted = lambda counts, k: counts[k] if k < len(counts) else 0      # noqa: E731
         return [(counted(self.accepted, k) + self.PRIOR_TESTS * overall) / (counted(self.tested, k) + self.PRIOR_TESTS)
                 for k in range(n)]
+
+    def optimistic_alphas(self, n: int) -> list[float]:
+        """alphas(n), each plus sqrt(alpha_k (1 - alpha_k) / (tests + m)), at most 1: a standard
+        error of the tests counted so far, all positions together, so that the optimism fades as
+        the counts grow (not only at positions seldom tested, which would favour long blocks)."""
+        tests = sum(self.tested) + self.PRIOR_TESTS
+        return [min(1.0, a + math.sqrt(a * (1 - a) / tests)) for a in self.alphas(n)]
 
 
 def block_stats(accepted_per_block: list[int], drafted_per_block: list[int], n_tokens: int,
@@ -668,11 +683,12 @@ def decoding_arguments(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def load_for_decoding(args) -> tuple:
-    """Check the flags of decoding_arguments, then load: (tokenizer, prompt ids, target, draft,
-    a SpeculativeDecoder of the pair with its step costs measured if gamma is 'auto', sampling,
-    gamma, the decode path's options). Flags first: a typo should cost one sentence, not the
-    minute it takes to load a 7B model."""
+def load_for_decoding(args) -> SimpleNamespace:
+    """Check the flags of decoding_arguments, then load. Returns tok (the tokenizer), prompt (its
+    ids), target, draft, decoder (a SpeculativeDecoder of the pair, its step costs measured if
+    gamma is 'auto'), sampling, gamma, options (the decode path's) and params (the target's and
+    the draft's parameters as loaded, before a decode path stores them otherwise). Flags first: a
+    typo should cost one sentence, not the minute it takes to load a 7B model."""
     from checkpoints import DTYPES, load_model
     from tokenizer import chat_prompt, check_vocab, load_tokenizer
     gamma = args.gamma if args.gamma == "auto" else int(args.gamma) if args.gamma.isdigit() else None
@@ -695,6 +711,7 @@ def load_for_decoding(args) -> tuple:
     draft = load_model(args.draft, args.device, DTYPES.get(args.dtype), base=args.target)   # base: a shipped draft
     check_vocab(tok, target.config.vocab_size, args.target)
     check_pair(target, draft, 1)
+    params = (count_params(target), count_params(draft))
     if args.draft_vocab is not None:
         from distill_data import answer_vocabulary, load_answer_counts
         fast_decode.shortlist_head(draft, answer_vocabulary(load_answer_counts(args.draft_vocab_data), args.draft_vocab)[0])
@@ -708,7 +725,8 @@ def load_for_decoding(args) -> tuple:
     sampling = (args.temperature, args.top_k, args.top_p)
     if gamma == "auto":   # untimed, like every warm-up: records and compiles each block on the way
         decoder.measure_costs(prompt, *sampling, args.draft_mode, max_gamma)
-    return tok, prompt, target, draft, decoder, sampling, gamma, options
+    return SimpleNamespace(tok=tok, prompt=prompt, target=target, draft=draft, decoder=decoder, sampling=sampling,
+                           gamma=gamma, options=options, params=params)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -718,7 +736,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="time it: warm up first, then decode the prompt speculatively and plainly (same "
                              "settings, seed and decode path) and print both tokens/s and the speed-up")
     args = parser.parse_args(argv)
-    tok, prompt, target, draft, decoder, sampling, gamma, options = load_for_decoding(args)
+    loaded = load_for_decoding(args)
+    tok, prompt, decoder, sampling, gamma = loaded.tok, loaded.prompt, loaded.decoder, loaded.sampling, loaded.gamma
     if args.bench:   # untimed: compilation, graph recording and per-shape set-up happen here
         warm_up(lambda p: decoder.generate(p, min(args.max_new_tokens, args.max_gamma + 1), gamma, *sampling,
                                            draft_mode=args.draft_mode), [prompt])
@@ -733,9 +752,10 @@ def main(argv: list[str] | None = None) -> None:
           f"{'' if args.bench else ', first call: includes any compilation'}); block efficiency tau "
           f"{stats['block_efficiency']:.2f}, acceptance rate alpha {stats['acceptance_rate']:.3f} over "
           f"{stats['target_calls']} target calls, gamma {args.gamma} ({', '.join(map(str, gammas))} used); "
-          f"target {count_params(target):,} / draft {count_params(draft):,} parameters")
+          f"target {loaded.params[0]:,} / draft {loaded.params[1]:,} parameters")
     if args.bench:   # the same prompt, settings, seed and decode path, decoded plainly
-        plain = Decoder(target, 1, decoder_slots(target, None, [prompt], args.max_new_tokens), **options)
+        plain = Decoder(loaded.target, 1, decoder_slots(loaded.target, None, [prompt], args.max_new_tokens),
+                        **loaded.options)
         warm_up(lambda p: plain.generate([p], 2, *sampling), [prompt])
         n_new, seconds = timed_plain_run(plain, prompt, args.max_new_tokens, *sampling, tok.stop_ids,
                                          torch.Generator(args.device).manual_seed(args.seed))

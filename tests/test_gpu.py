@@ -15,7 +15,8 @@ import torch
 
 from fast_decode import CudaGraph, compile_blocks, fuse_projections
 from speculative import Decoder, SpeculativeDecoder
-from test_speculative import perturbed_copy, plain_decode, plain_decode_batch, random_model, speculative_decode
+from test_speculative import (assert_decoders_agree, perturbed_copy, plain_decode, plain_decode_batch, random_model,
+                              speculative_decode)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
 
@@ -84,32 +85,15 @@ def test_graphed_argmax_drafting_auto_gamma_and_a_shortlist_match_eager(compile,
     gamma "auto" with plain steps between blocks and the draft's catch-up prefill after them,
     and a draft over a shortlist (logits over K tokens, verify over S): the same tokens and the
     same blocks as eagerly, on the same random numbers."""
-    import speculative
     from fast_decode import shortlist_head
-    eager_target, eager_draft = pair()
-    target, draft = pair(fuse, compile)
-    shortlist = list(range(0, eager_target.config.vocab_size, 2))
-    eager_short, short = shortlist_head(pair()[1], shortlist), shortlist_head(pair(fuse, compile)[1], shortlist)
-    schedule = [2, 0, 0, 3, 0, 1, 3, 0]
-    for eager_pair, fast_pair, mode, auto in (((eager_target, eager_draft), (target, draft), "argmax", False),
-                                              ((eager_target, eager_draft), (target, draft), "sample", True),
-                                              ((eager_target, eager_short), (target, short), "sample", False)):
-        decoders = [SpeculativeDecoder(*eager_pair, SLOTS), SpeculativeDecoder(*fast_pair, SLOTS, graphs=True)]
-        for decoder in decoders:
-            decoder.measure_costs(PROMPTS[1], 1.0, draft_mode=mode, max_gamma=3, repeats=1)
-            decoder.measure_costs(PROMPTS[1], 0.0, max_gamma=3, repeats=1)
-        for prompt in PROMPTS:
-            for temperature in (0.0, 1.0):
-                runs = []
-                for decoder in decoders:
-                    chosen = iter(schedule)
-                    monkeypatch.setattr(speculative, "choose_gamma", lambda alphas, costs: next(chosen, 2))
-                    generator = torch.Generator("cuda").manual_seed(11)
-                    runs.append(decoder.generate(prompt, 12, "auto" if auto else 3, temperature, generator=generator,
-                                                 draft_mode=mode))
-                (expected, stats_eager), (tokens, stats) = runs
-                assert tokens.tolist() == expected.tolist(), (mode, auto, prompt, temperature)
-                assert stats["blocks"] == stats_eager["blocks"]
+    shortlist = list(range(0, random_model(0).config.vocab_size, 2))
+    for mode, auto, short in (("argmax", False, False), ("sample", True, False), ("sample", False, True)):
+        eager_pair, fast_pair = pair(), pair(fuse, compile)
+        if short:
+            shortlist_head(eager_pair[1], shortlist)
+            shortlist_head(fast_pair[1], shortlist)
+        assert_decoders_agree(SpeculativeDecoder(*eager_pair, SLOTS), SpeculativeDecoder(*fast_pair, SLOTS, graphs=True),
+                              PROMPTS, mode, auto, monkeypatch)
 
 def test_a_dead_graph_collected_during_a_capture_does_not_break_it():
     # The evaluation's failure, made deterministic: a recorded graph that only the cyclic

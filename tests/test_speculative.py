@@ -991,6 +991,23 @@ def test_acceptance_counts_by_hand():
     m = AcceptanceCounts.PRIOR_TESTS
     assert counts.alphas(4) == pytest.approx([(2 + m * overall) / (3 + m), (1 + m * overall) / (1 + m),
                                               (0 + m * overall) / (1 + m), overall])
+    # Optimistic: each plus sqrt(a (1 - a) / (all 5 tests + m)).
+    assert counts.optimistic_alphas(4) == pytest.approx([a + math.sqrt(a * (1 - a) / (5 + m)) for a in counts.alphas(4)])
+
+
+def test_one_early_rejection_does_not_stop_auto_gamma_from_trying_blocks():
+    """A plain step tests no draft token: after one rejected block, the bare estimate (alpha_1 =
+    (0 + 4/3) / 5 = 0.27) would choose plain steps for good where a block costs 1.3 plain steps;
+    the optimistic one (0.27 + sqrt(0.27 * 0.73 / 5) = 0.46) tries another block. After ten
+    rejections it, too, gives up."""
+    costs = {"plain": 1.0, "block": {1: 1.3, 2: 1.5}}
+    counts = AcceptanceCounts()
+    counts.add(0, 1)
+    assert choose_gamma(counts.alphas(2), costs) == 0
+    assert choose_gamma(counts.optimistic_alphas(2), costs) > 0
+    for _ in range(9):
+        counts.add(0, 1)
+    assert choose_gamma(counts.optimistic_alphas(2), costs) == 0
 
 
 def scheduled_gammas(monkeypatch, schedule: list[int]):
@@ -1050,3 +1067,53 @@ def test_auto_gamma_falls_back_to_plain_decoding_when_no_block_pays():
     assert drafted[0] > 0 and drafted[-10:] == [0] * 10
     with pytest.raises(ValueError, match="measure_costs"):
         SpeculativeDecoder(target, draft, 64).generate(prompt, 5, "auto", temperature=1.0)
+
+
+def assert_decoders_agree(reference: SpeculativeDecoder, other: SpeculativeDecoder, prompts: list[list[int]],
+                          draft_mode: str, auto: bool, monkeypatch) -> None:
+    """Both decoders, on the same random numbers, give the same tokens and the same blocks for
+    every prompt at T = 0 and 1; with auto, gamma "auto" follows one schedule of blocks and
+    plain steps (0s) in both, so that the draft's catch-up after plain steps is exercised."""
+    device = reference.target.device
+    for decoder in (reference, other):
+        decoder.measure_costs(prompts[1], 1.0, draft_mode=draft_mode, max_gamma=3, repeats=1)
+        decoder.measure_costs(prompts[1], 0.0, max_gamma=3, repeats=1)
+    for prompt in prompts:
+        for temperature in (0.0, 1.0):
+            runs = []
+            for decoder in (reference, other):
+                chosen = iter([2, 0, 0, 3, 0, 1, 3, 0])
+                monkeypatch.setattr(speculative_module, "choose_gamma", lambda alphas, costs: next(chosen, 2))
+                runs.append(decoder.generate(prompt, 12, "auto" if auto else 3, temperature,
+                                             generator=torch.Generator(device).manual_seed(11), draft_mode=draft_mode))
+            (expected, stats_expected), (tokens, stats) = runs
+            assert tokens.tolist() == expected.tolist(), (draft_mode, auto, prompt, temperature)
+            assert stats["blocks"] == stats_expected["blocks"]
+
+
+def test_chunked_prefill_compiled_blocks_and_catch_up_give_the_eager_tokens(monkeypatch):
+    """The CPU-visible part of tests/test_gpu.py's recorded decoders: compiled blocks (the "eager"
+    backend traces as inductor does), prefills in chunks of 8 slots (what a recording replays),
+    the draft caught up after plain steps of gamma "auto", argmax drafting and a shortlist head
+    give the same tokens and blocks as the plain eager decoder, on the same random numbers."""
+    import torch._dynamo
+    from fast_decode import compile_blocks
+    prompts = [[1, 5, 9], [1, 7, 3, 2, 8, 4, 6], [3], [1] + [3, 4] * 9]
+    shortlist = list(range(0, 32, 2))
+
+    def pair(compiled: bool, short: bool):
+        target, draft = random_model(0, vocab_size=32), perturbed_copy(random_model(0, vocab_size=32), 0.3)
+        if short:
+            shortlist_head(draft, shortlist)
+        if compiled:
+            for model in (target, draft):
+                compile_blocks(model, backend="eager")
+        return target, draft
+
+    try:
+        for mode, auto, short in (("argmax", False, False), ("sample", True, False), ("sample", False, True)):
+            fast = SpeculativeDecoder(*pair(True, short), 48)
+            fast.steps.prefill_chunk = 8
+            assert_decoders_agree(SpeculativeDecoder(*pair(False, short), 48), fast, prompts, mode, auto, monkeypatch)
+    finally:
+        torch._dynamo.reset()
