@@ -359,6 +359,7 @@ def apply_decode_path(models: list[Llama], path: str) -> dict:
             compile_blocks(model)
         if path == "few-row-matmuls":
             few_row_matmuls(model)
-        if path in QUANTIZED_PATHS:
+        if path in QUANTIZED_PATHS:     # the blocks quantized, the head's few-row products in float32
             quantize_weights(model, QUANTIZED_PATHS[path])
+            few_row_matmuls(model)
     return {"graphs": path in GPU_PATHS}

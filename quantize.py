@@ -25,8 +25,12 @@ the float32 one by the rounding of the weights. Speculative decoding stays exact
 respect to the model it runs: with the target quantized, the output is distributed as the
 QUANTIZED target's own sampling (tests/test_speculative.py checks that by chi-square against the
 quantized target's exact distribution), and README says how close that model is to float32's.
-Only nn.Linear layers are quantized (the blocks' projections and the LM head); the embedding stays
-float32: a step reads one row of it, not all of it. For decoding only: training needs float32.
+Only the blocks' projections are quantized. The embedding stays float32 (a step reads one row of
+it, not all of it), and so does the LM head, taken as few-row products (fast_decode.FewRowLinear):
+its logits decide every token, and in bfloat16 they come out in steps of 1/8 around 20, so that
+the likeliest tokens tie, and a tie falls one way or the other with the number of tokens a pass
+scores (the kernels accumulate in another order): greedy speculative decoding would then depend
+on gamma. For decoding only: training needs float32.
 """
 
 import torch
@@ -82,14 +86,13 @@ class QuantizedLinear(nn.Module):
 
 
 def quantize_weights(model: Llama, scheme: str) -> Llama:
-    """Replace every bias-free nn.Linear of the model (all of a Llama's, a ShortlistHead's too)
-    by a QuantizedLinear, in place. A tied head gets its own quantized copy of the embedding
-    matrix; the embedding itself stays float32."""
+    """Replace every bias-free nn.Linear of the model's blocks by a QuantizedLinear, in place;
+    the embedding and the LM head stay as they are (the module docstring says why)."""
     if scheme not in SCHEMES:
         raise ValueError(f"unknown quantization {scheme!r}; choose one of {SCHEMES}")
     if model.device.type != "cpu":
         raise ValueError("the weight-only quantized paths are for a CPU; on a GPU use --dtype bfloat16")
-    for parent in list(model.modules()):
+    for parent in list(model.layers.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear and child.bias is None:
                 setattr(parent, name, QuantizedLinear(child, scheme))

@@ -54,12 +54,15 @@ def test_int8_rounds_each_weight_to_its_rows_step():
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_quantize_weights_replaces_every_linear_and_keeps_the_embedding(path):
+def test_quantize_weights_replaces_the_blocks_linears_and_keeps_the_embedding_and_head(path):
+    """The blocks' 7 projections each, quantized; the embedding and the LM head float32 (the head
+    as few-row products): the logits that decide every token are not rounded to bfloat16."""
     model = random_model(0, vocab_size=32)
-    embedding = model.tok_embeddings.weight.clone()
+    embedding, head = model.tok_embeddings.weight.clone(), model.output.weight.clone()
     fast_decode.apply_decode_path([model], path)
-    assert not any(type(m) is nn.Linear for m in model.modules())
-    assert sum(isinstance(m, QuantizedLinear) for m in model.modules()) == 7 * model.config.n_layers + 1
+    assert sum(isinstance(m, QuantizedLinear) for m in model.modules()) == 7 * model.config.n_layers
+    assert not any(type(m) is nn.Linear for m in model.layers.modules())
+    assert type(model.output) is fast_decode.FewRowLinear and torch.equal(model.output.weight, head)
     assert model.tok_embeddings.weight.dtype == torch.float32 and torch.equal(model.tok_embeddings.weight, embedding)
     with pytest.raises(ValueError, match="unknown quantization"):
         quantize_weights(random_model(0), "int4")
