@@ -333,6 +333,7 @@ class SpeculativeDecoder:
         self.offsets = torch.arange(n_slots, device=device)
         self.steps = fast_decode.StepRunner(device, graphs)           # eager, or recorded blocks
         self.costs = {}        # (sampling, draft_mode) -> this machine's step costs (measure_costs)
+        self.cost_update = 1 / 8   # weight of each timed loop iteration in those costs (update_cost); 0 keeps them
         self.acceptance = {}   # (sampling, draft_mode) -> AcceptanceCounts over the calls so far
 
     def block(self, gamma: int, sampling: tuple, generator, draft_mode: str = "sample") -> torch.Tensor:
@@ -406,9 +407,10 @@ class SpeculativeDecoder:
         stats (block_stats) also lists every block as (drafted tokens, n accepted, next token).
 
         gamma="auto": before every block, the gamma with the most expected tokens per second
-        (choose_gamma) from the step costs measure_costs recorded and the acceptance per draft
-        position counted so far (over this decoder's earlier calls and this one's blocks); a
-        gamma of 0 is a plain step of the target alone, when no block is predicted to beat it."""
+        (choose_gamma) from the step costs measure_costs recorded, corrected by the loop's own
+        timings (update_cost), and the acceptance per draft position counted so far (over this
+        decoder's earlier calls and this one's blocks); a gamma of 0 is a plain step of the
+        target alone, when no block is predicted to beat it."""
         auto = gamma == "auto"
         check_pair(self.target, self.draft, 1 if auto else gamma)
         check_sampling(temperature, top_k, top_p)
@@ -440,6 +442,7 @@ class SpeculativeDecoder:
         new_tokens, blocks, n_tokens, draft_end = [], [], P, P - 1     # the draft holds slots < draft_end
         with self.steps.generator(generator) as generator:
             while len(new_tokens) < max_new_tokens:
+                iteration_started = time.perf_counter()
                 chosen = choose_gamma(counts.optimistic_alphas(max_gamma), self.costs[key]) if auto else gamma
                 block_gamma = min(chosen, context - n_tokens)     # = gamma except at the end of a context
                 if block_gamma == 0:                              # a plain step; the draft falls behind
@@ -458,6 +461,9 @@ class SpeculativeDecoder:
                 new_tokens += cut_at_stop(window[: n_accepted + 1], stop_ids)
                 blocks.append((drafted, n_accepted, window[n_accepted]))
                 n_tokens += n_accepted + 1
+                if auto:               # the loop's own cost of what it just ran (update_cost says why)
+                    update_cost(self.costs[key], block_gamma, time.perf_counter() - iteration_started,
+                                self.cost_update)
                 if new_tokens and new_tokens[-1] in stop_ids:
                     break
         seconds = time.perf_counter() - started
@@ -533,6 +539,27 @@ def choose_gamma(alphas: list[float], costs: dict) -> int:
         if rate > best_rate:
             best, best_rate = gamma, rate
     return best
+
+
+def update_cost(costs: dict, gamma: int, seconds: float, weight: float) -> None:
+    """Move the cost of a plain step (gamma 0) or of a block of gamma toward the time one
+    iteration of the decode loop just took, in place:
+
+        c <- c + weight * (min(seconds, 2 c) - c)
+
+    measure_costs times each step alone. The loop pays more: its bookkeeping between blocks, the
+    draft's catch-up after plain steps, a GPU left idle while the host decides -- enough to turn
+    a block that pays alone into one that does not (BENCHMARKS.md section 3 measures the gap). A
+    running average over the last 1 / weight iterations of each gamma follows what the loop
+    really costs; an observation counts for at most twice the estimate, so that one pause of the
+    machine (a garbage collection, another process) cannot price a gamma out for long."""
+    if weight == 0:
+        return
+    if gamma == 0:
+        costs["plain"] += weight * (min(seconds, 2 * costs["plain"]) - costs["plain"])
+    else:
+        blocks = costs["block"]
+        blocks[gamma] += weight * (min(seconds, 2 * blocks[gamma]) - blocks[gamma])
 
 
 class AcceptanceCounts:

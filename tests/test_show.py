@@ -35,6 +35,7 @@ def decode(target, draft, max_new_tokens: int, gamma=4, temperature: float = 1.0
         target, draft, [PROMPT], max_new_tokens, 2 if gamma == "auto" else gamma))
     if costs:                                           # gamma 'auto' without timing anything
         decoder.costs[((temperature, None, None), "sample")] = costs
+        decoder.cost_update = 0                         # and without the loop's timings moving them
     tokens, stats = decoder.generate(PROMPT, max_new_tokens, gamma, temperature, stop_ids=stop_ids,
                                      generator=torch.Generator().manual_seed(seed))
     return tokens.tolist(), stats

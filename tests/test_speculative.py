@@ -35,7 +35,7 @@ from evaluate import (ci_gaps, evaluate_pair, mean_ci95, memory_bound_speedup, p
                       separation_lines)
 import speculative as speculative_module
 from speculative import (AcceptanceCounts, Decoder, SpeculativeDecoder, block_stats, choose_gamma, decoder_slots,
-                         expected_tokens, sample, sample_probs, sample_token, verify, verify_greedy)
+                         expected_tokens, sample, sample_probs, sample_token, update_cost, verify, verify_greedy)
 
 SIGNIFICANCE = 0.001   # chi-square tests: a correct implementation fails 1 time in 1000 seeds
 
@@ -980,6 +980,30 @@ def test_choose_gamma_on_synthetic_costs():
     assert choose_gamma([0.9] * 4, {"plain": 1.0, "block": {1: 3.0, 2: 3.5}}) == 0   # a draft too slow
 
 
+def test_update_cost_by_hand():
+    costs = {"plain": 1.0, "block": {1: 2.0, 2: 4.0}}
+    update_cost(costs, 1, 3.0, 0.25)                 # 2 + (3 - 2) / 4
+    update_cost(costs, 0, 0.6, 0.25)                 # 1 + (0.6 - 1) / 4
+    update_cost(costs, 2, 100.0, 0.25)               # a pause counts as twice the estimate: 4 + (8 - 4) / 4
+    assert costs == {"plain": 0.9, "block": {1: 2.25, 2: 5.0}}
+    update_cost(costs, 1, 50.0, 0)                   # weight 0 keeps the costs
+    assert costs["block"][1] == 2.25
+
+
+def test_auto_gamma_learns_the_loops_costs():
+    """Costs far off what the loop takes (seconds, where a tiny model's step takes about a
+    millisecond) move toward the loop's timings: a block tried at every step gets cheaper."""
+    target = random_model(0, vocab_size=32)
+    prompt = [3, 1, 4]
+    decoder = SpeculativeDecoder(target, copy.deepcopy(target), decoder_slots(target, target, [prompt], 20, 2))
+    decoder.costs[((0.0, None, None), "sample")] = costs = {"plain": 10.0, "block": {1: 1.0, 2: 1.0}}
+    tokens, stats = decoder.generate(prompt, 20, "auto", temperature=0)
+    assert torch.equal(tokens, plain_decode(target, prompt, 20, temperature=0))
+    assert set(stats["drafted_per_block"]) == {2}                # gamma 2: more tokens for the same cost
+    assert costs["plain"] == 10.0 and costs["block"][1] == 1.0   # never run, never moved
+    assert costs["block"][2] < (7 / 8) ** 5                      # moved down at every one of 7 blocks
+
+
 def test_acceptance_counts_by_hand():
     counts = AcceptanceCounts()
     assert counts.alphas(3) == [0.5, 0.5, 0.5]                  # nothing counted: the prior
@@ -1060,6 +1084,7 @@ def test_auto_gamma_falls_back_to_plain_decoding_when_no_block_pays():
     # A block of gamma 1 pays at the prior's alpha of 1/2 (1.5 tokens for 1.3 plain steps), and
     # stops paying once alpha is below 0.3.
     decoder.costs[((0.0, None, None), "sample")] = {"plain": 1.0, "block": {g: 1.1 + 0.2 * g for g in range(1, 5)}}
+    decoder.cost_update = 0                      # these costs, not the loop's timings (update_cost)
     tokens, stats = decoder.generate(prompt, 40, "auto", temperature=0)
     assert torch.equal(tokens, plain_decode(target, prompt, 40, temperature=0))
     # Blocks until the counts show alpha too low for any gamma to pay, then plain steps only.
