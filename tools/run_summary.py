@@ -33,7 +33,7 @@ def main() -> None:
     from evaluate import ci_gaps, separation_lines       # after the flags: --help needs no torch
 
     with open(os.path.join(args.dir, "results.json")) as f:
-        rows = json.load(f)["results"]
+        rows = [r for r in json.load(f)["results"] if r.get("draft_mode", "sample") == "sample"]   # the rule's rows
     with open(args.profile) as f:
         profile = f.read().split("(a) SmolLM2-135M + ")[1]
     cost = {}
