@@ -94,7 +94,8 @@ def evaluate_pair(target: Llama, draft: Llama, prompts: list[list[int]], gammas:
     """Speculative decoding over `prompts` (prompt i with a generator seeded seed + i) at each of
     `gammas` and each draft mode: a row of the results table per (gamma, mode). A gamma may be
     "auto" (SpeculativeDecoder.generate): it chooses before every block from the step costs,
-    measured here first, and the acceptance counted so far on this task at this temperature --
+    measured here first and then following the loop's own timings (speculative.update_cost), and
+    the acceptance counted so far on this task at this temperature --
     the earlier prompts' blocks and this prompt's blocks at the fixed gammas, which run before it.
     `decoder`: a SpeculativeDecoder of this pair with slots for every prompt and the largest
     gamma, to reuse across calls; by default a new one. `param_counts`: the target's and the
