@@ -31,10 +31,10 @@ import os
 import torch
 
 import fast_decode
+from answers import answer_vocabulary, load_answer_counts
 from checkpoints import DTYPES, load_model
 from common import check_output, differences, parse_list, parse_named_paths, run_cli, write_atomically
 from data import load_jsonl_prompts
-from distill_data import answer_vocabulary, load_answer_counts
 from model import Llama, count_params
 from speculative import (Decoder, SpeculativeDecoder, check_context, check_draft_mode, check_pair, check_sampling,
                          decoder_slots, timed_plain_run, warm_up)

@@ -121,7 +121,7 @@ class ShortlistHead(nn.Module):
     Why it pays. SmolLM2's head is a 49,152 x 576 matrix, as many bytes as 8 of its blocks: on a
     CPU, where a step's cost follows the bytes it reads, it is a large share of a small draft's
     step, while the target writes nearly all of its answers with a few thousand tokens
-    (distill_data.answer_vocabulary picks them from the distillation data; BENCHMARKS.md has
+    (answers.answer_vocabulary picks them from the distillation data; BENCHMARKS.md has
     the coverage and the costs). The draft's sampling then works on K numbers, not the whole
     vocabulary. On a GPU, where a small model's step follows its kernel count, it gains nothing.
     The head's rows are copied (an untied matrix of shortlist x dim); the model's embedding is

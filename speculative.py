@@ -740,7 +740,7 @@ def load_for_decoding(args) -> SimpleNamespace:
     check_pair(target, draft, 1)
     params = (count_params(target), count_params(draft))
     if args.draft_vocab is not None:
-        from distill_data import answer_vocabulary, load_answer_counts
+        from answers import answer_vocabulary, load_answer_counts
         fast_decode.shortlist_head(draft, answer_vocabulary(load_answer_counts(args.draft_vocab_data), args.draft_vocab)[0])
     options = fast_decode.apply_decode_path([target, draft], args.decode_path)
     prompt = chat_prompt(tok, args.prompt, args.system) if args.chat else tok.encode(args.prompt, bos=True)

@@ -35,11 +35,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from answers import load_distill_records
 from checkpoints import load_model, save_model
 from common import (differences, format_seconds, mix_seed, rank_and_world, replace_atomically, run_cli,
                     write_atomically)
 from data import load_corpus, load_jsonl_examples, load_jsonl_prompts
-from distill_data import load_distill_records
 from evaluate import evaluate_pair
 from fast_decode import compile_blocks
 from losses import get_loss

@@ -12,10 +12,11 @@ import sys
 import pytest
 import torch
 
+import answers
 import data
 import distill_data
-from distill_data import (DEFAULT_SYSTEM, distill, load_distill_records, make_batches, make_jobs,
-                          sampling_grid)
+from answers import load_distill_records
+from distill_data import DEFAULT_SYSTEM, distill, make_batches, make_jobs, sampling_grid
 from checkpoints import load_model, save_model
 from model import Llama, get_config
 from common import run_cli
@@ -298,16 +299,16 @@ def test_cli_killed_with_sigkill_resumes_to_the_uninterrupted_file(setup, refere
 
 def test_answer_vocabulary_ranks_the_answer_tokens_by_count_then_id(tmp_path):
     records = [{"prompt_ids": [1, 1, 1], "response_ids": [5, 5, 3, 9]}, {"prompt_ids": [8], "response_ids": [3, 5, 7]}]
-    counts = distill_data.answer_counts(records)
+    counts = answers.answer_counts(records)
     assert counts == {5: 3, 3: 2, 9: 1, 7: 1}                                     # prompts are not counted
-    assert distill_data.answer_vocabulary(counts, 2) == ([5, 3], 5 / 7)
-    assert distill_data.answer_vocabulary(counts, 3) == ([5, 3, 7], 6 / 7)       # 7 and 9 tie: the lower id
-    assert distill_data.answer_vocabulary(counts, 99) == ([5, 3, 7, 9], 1.0)
+    assert answers.answer_vocabulary(counts, 2) == ([5, 3], 5 / 7)
+    assert answers.answer_vocabulary(counts, 3) == ([5, 3, 7], 6 / 7)       # 7 and 9 tie: the lower id
+    assert answers.answer_vocabulary(counts, 99) == ([5, 3, 7, 9], 1.0)
     with pytest.raises(ValueError, match="at least 1 token"):
-        distill_data.answer_vocabulary(counts, 0)
+        answers.answer_vocabulary(counts, 0)
     # The counts a shipped draft carries (tools/ship_draft.py) give the same shortlist as the data.
     (tmp_path / "answer_counts.json").write_text(json.dumps({"counts": [[5, 3], [3, 2], [9, 1], [7, 1]]}))
-    assert distill_data.load_answer_counts(str(tmp_path / "answer_counts.json")) == counts
+    assert answers.load_answer_counts(str(tmp_path / "answer_counts.json")) == counts
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="is not a file of answer counts"):
-        distill_data.load_answer_counts(str(tmp_path / "bad.json"))
+        answers.load_answer_counts(str(tmp_path / "bad.json"))

@@ -10,7 +10,8 @@ can be found in the prompt ids.
 
 import torch
 
-from distill_data import DEFAULT_SYSTEM, distill, load_distill_records, make_jobs, sampling_grid
+from answers import load_distill_records
+from distill_data import DEFAULT_SYSTEM, distill, make_jobs, sampling_grid
 from model import Llama, get_config
 
 V, PAD, BOS, EOS = 12, 0, 1, 2

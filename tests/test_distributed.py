@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 import data
 import distill_data
 import train
-from distill_data import load_distill_records
+from answers import load_distill_records
 from checkpoints import save_model
 from model import Llama, ModelConfig
 from tokenizer import train_sentencepiece

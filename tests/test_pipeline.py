@@ -32,7 +32,7 @@ import distill_data
 import evaluate
 import tokenizer
 import train
-from distill_data import load_distill_records
+from answers import load_distill_records
 from checkpoints import save_model
 from model import Llama, ModelConfig
 

@@ -35,7 +35,7 @@ def main() -> None:
 
     from checkpoints import load_model
     from data import load_jsonl_prompts
-    from distill_data import answer_vocabulary, load_answer_counts
+    from answers import answer_vocabulary, load_answer_counts
     from fast_decode import few_row_matmuls, shortlist_head
     from speculative import Decoder, SpeculativeDecoder, decoder_slots
     from tokenizer import chat_prompt, load_tokenizer

@@ -29,7 +29,7 @@ def main() -> None:
     import fast_decode
     from checkpoints import load_model
     from data import load_jsonl_prompts
-    from distill_data import answer_vocabulary, load_answer_counts
+    from answers import answer_vocabulary, load_answer_counts
     from speculative import Decoder, SpeculativeDecoder, decoder_slots
     from tokenizer import chat_prompt, load_tokenizer
 

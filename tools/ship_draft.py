@@ -34,7 +34,7 @@ def main() -> None:
 
     from checkpoints import load_model, save_model
     from common import write_atomically
-    from distill_data import answer_counts, load_distill_records
+    from answers import answer_counts, load_distill_records
 
     draft = load_model(args.draft)
     save_model(draft, args.out, dtype=getattr(torch, args.dtype), embedding_from=args.target)
