@@ -11,7 +11,7 @@ Three measurements, one per sub-command:
            token. (results/smollm2-cpu/step_costs.txt)
   drafts   the 1-token step of each SmolLM2 draft shape with random weights (the two from-scratch
            presets and the 4-block cut with its full head), on both paths, twice each.
-           (results/smollm2-cpu/epyc-family25/draft_steps.txt: three runs of it)
+           (results/smollm2-cpu/machines.txt: three runs of it)
   products the bare products of SmolLM2's 30 blocks and its head with C = 1..8 columns (random
            weights, streamed from memory), with x^T as a transposed view and stored column by
            column; then one SmolLM2 step on 'few-row-matmuls' with 1-row products taken the
