@@ -32,6 +32,7 @@ import json
 import os
 import tempfile
 import time
+from collections import Counter
 
 import torch
 
@@ -57,6 +58,18 @@ def cuda_time(fn, repeats: int = 20, warmup: int = 3) -> float:
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end) / 1000)
     return sorted(times)[len(times) // 2]
+
+
+def kernel_counts(fn) -> Counter:
+    """The GPU kernels one call of fn() runs, by name, with how often each ran (torch.profiler),
+    after one unprofiled call (which may compile or record)."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return Counter({e.key: e.count for e in prof.key_averages() if e.self_device_time_total > 0})
 
 
 def wall_time(fn, device: torch.device = torch.device("cuda")) -> float:

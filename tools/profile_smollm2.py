@@ -56,14 +56,8 @@ def synced_ms(fn, repeats: int = 50) -> tuple[float, float]:
 
 
 def kernels_per_call(fn) -> int:
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    return sum(e.count for e in prof.key_averages() if e.self_device_time_total > 0)     # the kernels
+    from bench import kernel_counts
+    return sum(kernel_counts(fn).values())
 
 
 def random_model(preset: str, dtype=None):

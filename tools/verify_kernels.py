@@ -14,22 +14,10 @@ import argparse
 import os
 import sys
 import types
-from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root's modules
 
 CONTEXT = 256
-
-
-def kernel_names(fn) -> Counter:
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    return Counter({e.key: e.count for e in prof.key_averages() if e.self_device_time_total > 0})
 
 
 def main() -> None:
@@ -38,7 +26,7 @@ def main() -> None:
 
     import fast_decode
     import model as model_module
-    from bench import cuda_time
+    from bench import cuda_time, kernel_counts
     from model import Llama, get_config
 
     torch.manual_seed(0)
@@ -61,7 +49,7 @@ def main() -> None:
 
     with torch.no_grad():
         call = calls(CONTEXT + 8)
-        names = {n: kernel_names(call[n]) for n in (1, 5)}
+        names = {n: kernel_counts(call[n]) for n in (1, 5)}
         print(f"kernels per call: 1 token {sum(names[1].values())}, 5 tokens {sum(names[5].values())}")
         for name in sorted(set(names[1]) | set(names[5]), key=lambda k: names[5][k] - names[1][k]):
             if names[1][name] != names[5][name]:
@@ -73,8 +61,8 @@ def main() -> None:
                 call = calls(slots)
                 ms = {n: cuda_time(fast_decode.CudaGraph(call[n]), repeats=50) * 1e3 for n in (1, 5)}
                 print(f"{label}, {slots} slots: recorded 1-token step {ms[1]:.3f} ms, 5-token verify {ms[5]:.3f} ms "
-                      f"({ms[5] / ms[1]:.2f}x); kernels {sum(kernel_names(call[1]).values())} / "
-                      f"{sum(kernel_names(call[5]).values())}", flush=True)
+                      f"({ms[5] / ms[1]:.2f}x); kernels {sum(kernel_counts(call[1]).values())} / "
+                      f"{sum(kernel_counts(call[5]).values())}", flush=True)
 
 
 if __name__ == "__main__":
