@@ -363,10 +363,10 @@ def _own_or_hf_checkpoint(directory: Path, raw: dict, config_file: Path):
         for file in files:
             stored_tensors = _read_tensors(file)
             if raw.get("int8_rows"):                # save_model(dtype=torch.int8): w = scale q per row
-                stored_tensors = dict(stored_tensors)
-                stored_tensors = [(name, t.float() * stored_tensors[name + ".scale"].float()[:, None]
-                                   if t.dtype == torch.int8 else t)
-                                  for name, t in stored_tensors.items() if not name.endswith(".scale")]
+                from quantize import dequantize_rows
+                by_name = dict(stored_tensors)
+                stored_tensors = [(name, dequantize_rows(t, by_name[name + ".scale"]) if t.dtype == torch.int8 else t)
+                                  for name, t in by_name.items() if not name.endswith(".scale")]
             for stored, tensor in stored_tensors:
                 name = hf_to_meta_name(stored) if from_hf else stored
                 n_heads = _rope_heads(name, config) if (from_hf and name) else None
@@ -554,9 +554,13 @@ def save_model(model: Llama, out_dir, dtype: torch.dtype | None = None, embeddin
     if dtype == torch.int8:           # matrices as int8 rows and a scale per row (quantize.int8_rows)
         from quantize import int8_rows
         config_json["int8_rows"] = True
-        tensors = {key: value for name, tensor in tensors.items()
-                   for key, value in (zip((name, name + ".scale"), int8_rows(tensor)) if tensor.dim() == 2
-                                      else [(name, tensor)])}
+        stored = {}
+        for name, tensor in tensors.items():
+            if tensor.dim() == 2:
+                stored[name], stored[name + ".scale"] = int8_rows(tensor)
+            else:
+                stored[name] = tensor
+        tensors = stored
     elif dtype is not None:
         tensors = {name: tensor.to(dtype) for name, tensor in tensors.items()}
     _write_checkpoint(out_dir, tensors, config_json)

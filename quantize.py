@@ -2,9 +2,9 @@
 quantize.py: weight-only quantization, so that a CPU reads fewer bytes per decode step.
 
 Why. Decoding one token reads every weight of the model once and does two FLOPs per weight
-read: on a CPU the step's time follows the bytes it reads. float32 weights are 4 bytes each;
-llama.cpp reads SmolLM2's GGUF at about 4.5 bits per weight. Two weight-only schemes, each a
-decode path (`--decode-path`), both keeping the activations in float32 between products:
+read: on a CPU the step's time follows the bytes it reads. float32 weights are 4 bytes each,
+where llama.cpp reads SmolLM2's GGUF in its own 4- and 8-bit formats. Two weight-only schemes,
+each a decode path (`--decode-path`), both keeping the activations in float32 between products:
 
   bf16-weights  every weight rounded to bfloat16 (2 bytes): float32's exponent with 8 bits of
                 mantissa. The product runs in bfloat16 (float32 accumulation) where the CPU has
@@ -23,7 +23,7 @@ block (fast_decode.compile_blocks; on a CPU torch.compile generates C++, so it n
 What it changes. The quantized model is ANOTHER model: its next-token distribution differs from
 the float32 one by the rounding of the weights. Speculative decoding stays exactly lossless with
 respect to the model it runs: with the target quantized, the output is distributed as the
-QUANTIZED target's own sampling (tests/test_speculative.py checks that by chi-square against the
+QUANTIZED target's own sampling (tests/test_quantize.py checks that by chi-square against the
 quantized target's exact distribution), and README says how close that model is to float32's.
 Only the blocks' projections are quantized. The embedding stays float32 (a step reads one row of
 it, not all of it), and so does the LM head, taken as few-row products (fast_decode.FewRowLinear):
@@ -55,6 +55,11 @@ def int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (weight / scales.float()[:, None]).round().clamp(-127, 127).to(torch.int8), scales
 
 
+def dequantize_rows(rows: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """int8_rows undone: w[o, i] = s[o] q[o, i], float32 (out, in)."""
+    return rows.float() * scales.float()[:, None]
+
+
 class QuantizedLinear(nn.Module):
     """A bias-free nn.Linear whose weight is stored in bfloat16, or as int8 with a scale per
     output row; forward(x) is x W^T for float32 x (..., in) -> (..., out), float32."""
@@ -74,7 +79,7 @@ class QuantizedLinear(nn.Module):
         """The weight this layer multiplies by, as float32 (out, in): what the model now IS."""
         if self.scheme == "bfloat16":
             return self.weight.float()
-        return self.weight.float() * self.scales.float()[:, None]
+        return dequantize_rows(self.weight, self.scales)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features).to(torch.bfloat16)                 # (rows, in)

@@ -155,7 +155,7 @@ def render_png(path: str, classes, texts, blocks, title: str, prompt: str = "", 
     fig = plt.figure(figsize=(width / 100, 1), dpi=dpi)
     renderer = fig.canvas.get_renderer()
     # Layout is in pixels at 100 dpi. A character's advance is measured at the dpi the file is
-    # saved at: the font's hinting rounds it to whole pixels there (9.5, not 9.2, at 11 pt).
+    # saved at: the font's hinting rounds it to whole pixels there.
     measure = lambda size: renderer.get_text_width_height_descent(                      # noqa: E731
         "M" * 40, FontProperties(family=mono, size=size), ismath=False)[0] / 40 / (dpi / 100)
     char = {size: measure(size) for size in (6, 9, 10, 11)}      # pixels per character, per font size

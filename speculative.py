@@ -14,11 +14,15 @@ Read it top to bottom, in the order of the algorithm:
                       decoders take the argmax instead, `sample_token` says why that is the same);
   plain decoding      `Decoder`: batched, KV-cached autoregressive decoding, the baseline of
                       every speed-up and the engine of the distillation data;
-  the rejection rule  `verify` (with its proof) and `verify_greedy` (the same rule at T = 0);
+  the rejection rule  `verify` (with its proof), `verify_greedy` (the same rule at T = 0) and
+                      `verify_argmax` (the inference engines' rule for argmax drafts);
   one block           `SpeculativeDecoder.block`: gamma draft tokens, one target pass, the rule;
-  the loop            `SpeculativeDecoder.generate`, and what it counted (`block_stats`);
-  timing              `warm_up` and `timed_plain_run`, the one timer of plain decoding that
-                      evaluate.py, bench.py and `python speculative.py --bench` share.
+  the loop            `SpeculativeDecoder.generate`, and `measure_costs` for gamma "auto";
+  choosing gamma      `expected_tokens`, `choose_gamma`, `update_cost`, `AcceptanceCounts`
+                      (PAPER.md 5.5);
+  metrics and timing  `block_stats` (what a call counted); `warm_up` and `timed_plain_run`, the
+                      one timer of plain decoding that evaluate.py, bench.py and
+                      `python speculative.py --bench` share.
 
 Both decoders keep their state on the device and write each step as a function of tensors at
 fixed addresses (the token buffer, the KV caches, the current length) that never asks the host
@@ -444,7 +448,7 @@ class SpeculativeDecoder:
             while len(new_tokens) < max_new_tokens:
                 iteration_started = time.perf_counter()
                 chosen = choose_gamma(counts.optimistic_alphas(max_gamma), self.costs[key]) if auto else gamma
-                block_gamma = min(chosen, context - n_tokens)     # = gamma except at the end of a context
+                block_gamma = min(chosen, context - n_tokens)     # = chosen except at the end of a context
                 if block_gamma == 0:                              # a plain step; the draft falls behind
                     token = self.steps.run(("plain", sampling), lambda: decode_step(
                         self.target, self.tokens, self.target_cache, self.length, sampling, generator))
@@ -549,12 +553,10 @@ def update_cost(costs: dict, gamma: int, seconds: float, weight: float) -> None:
 
     measure_costs times each step alone. The loop pays more: its bookkeeping between blocks, the
     draft's catch-up after plain steps, a GPU left idle while the host decides -- enough to turn
-    a block that pays alone into one that does not (BENCHMARKS.md section 3 measures the gap). A
+    a block that pays alone into one that does not (BENCHMARKS.md section 2 measures the gap). A
     running average over the last 1 / weight iterations of each gamma follows what the loop
     really costs; an observation counts for at most twice the estimate, so that one pause of the
     machine (a garbage collection, another process) cannot price a gamma out for long."""
-    if weight == 0:
-        return
     if gamma == 0:
         costs["plain"] += weight * (min(seconds, 2 * costs["plain"]) - costs["plain"])
     else:

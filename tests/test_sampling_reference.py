@@ -175,7 +175,7 @@ def assert_follows_and_has_power(counts: torch.Tensor, right: torch.Tensor, wron
 
 
 def test_plain_batched_decoding_samples_top_k_and_top_p_together():
-    """Guards Decoder.step's sampling settings (issue 38: dropping top-k and top-p in the plain
+    """Guards decode_step's sampling settings (issue 38: dropping top-k and top-p in the plain
     decoder, the baseline and the distillation engine, passed every test). 12,000 rows of two
     tokens at T=0.8, top-k 4, top-p 0.75, against the joint enumerated with `nucleus`."""
     V, prompt, sampling = 6, [1, 4], (0.8, 4, 0.75)

@@ -913,7 +913,7 @@ def test_timed_runs_after_the_warm_up_compile_nothing():
     (dict(prompt_ids=[]), "at least one token"),
     (dict(prompt_ids=list(range(10)), max_new_tokens=60), "context"),   # target context 64
 ])
-def test_speculative_generate_rejects_bad_settings(kwargs, message):
+def test_speculative_decoding_rejects_bad_settings(kwargs, message):
     target = random_model(0, vocab_size=16)
     arguments = dict(target=target, draft=perturbed_copy(target, 0.3), prompt_ids=[1, 2], max_new_tokens=5)
     with pytest.raises(ValueError, match=message):
@@ -943,7 +943,7 @@ def test_prompt_plus_max_new_tokens_equal_to_the_context_is_allowed():
         tokens, _ = speculative_decode(target, draft, [1, 2], 14, gamma=2, temperature=0)
     except ValueError as error:
         pytest.fail("prompt + max_new_tokens = 16 = the context, which generate accepts, must be accepted "
-                    f"by speculative_generate too (the last blocks draft fewer tokens): {error}")
+                    f"by SpeculativeDecoder.generate too (the last blocks draft fewer tokens): {error}")
     assert tokens.tolist() == expected.tolist()
 
 
