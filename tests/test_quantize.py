@@ -36,6 +36,17 @@ def test_a_quantized_product_is_x_times_the_stored_weight(scheme, shape):
     assert torch.all((out.double() - exact).abs() <= bound)
 
 
+def test_bf16_weights_are_the_weights_rounded_to_bfloat16():
+    """The bf16 scheme's weight is each float32 weight rounded to bfloat16, in place: a
+    scrambled or transposed copy would multiply by the right numbers in the wrong places."""
+    torch.manual_seed(2)
+    linear = nn.Linear(32, 16, bias=False)
+    quantized = QuantizedLinear(linear, "bfloat16")
+    assert torch.equal(quantized.dequantized(), linear.weight.detach().bfloat16().float())
+    x = torch.randn(3, 32)
+    assert torch.allclose(quantized(x), linear(x).detach(), rtol=0.02, atol=0.02)   # close to float32's product
+
+
 def test_int8_rounds_each_weight_to_its_rows_step():
     """int8: w = s[o] q, s[o] = max |w[o]| / 127 rounded up to a bfloat16: each weight within half
     a step of its row's scale, the row's largest weight at 126 or 127 steps."""

@@ -23,7 +23,7 @@ import speculative
 import tokenizer
 from checkpoints import save_model
 from model import Llama, get_config
-from test_speculative import perturbed_copy, random_model
+from test_speculative import perturbed_copy, plain_decode, random_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPT = [1, 5, 9, 2, 7]
@@ -116,6 +116,8 @@ def test_plain_steps_of_gamma_auto_are_the_targets():
     tokens, stats = decode(target, random_model(1), 6, gamma="auto", costs=never_a_block)
     classes = show.token_classes(stats["blocks"], len(tokens))
     assert classes_of(classes) == [["plain"]] * 6 and output_of(classes) == tokens
+    # and they are the target's own samples: plain decoding with the same seed writes the same
+    assert tokens == plain_decode(target, PROMPT, 6, 1.0, generator=torch.Generator().manual_seed(0)).tolist()
 
 
 # ----------------------------------------------------------------------------------------------

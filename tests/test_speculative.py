@@ -35,7 +35,8 @@ from evaluate import (ci_gaps, evaluate_pair, mean_ci95, memory_bound_speedup, p
                       separation_lines)
 import speculative as speculative_module
 from speculative import (AcceptanceCounts, Decoder, SpeculativeDecoder, block_stats, choose_gamma, decoder_slots,
-                         expected_tokens, sample, sample_probs, sample_token, update_cost, verify, verify_greedy)
+                         expected_tokens, sample, sample_probs, sample_token, update_cost, verify, verify_argmax,
+                         verify_greedy)
 
 SIGNIFICANCE = 0.001   # chi-square tests: a correct implementation fails 1 time in 1000 seeds
 
@@ -610,12 +611,12 @@ def test_a_draft_over_a_shortlist_still_samples_the_target_joint(path):
     target = random_model(0, vocab_size=vocab_size, **TINY)
     draft = perturbed_copy(target, noise=0.3)
     target_joint = exact_joint(target, prompt, n_tokens, **sampling)
+    full_draft_joint = exact_joint(draft, prompt, n_tokens, **sampling)     # every cell > 0: the power check
     shortlist_head(draft, [0, 2, 3])
     draft_joint = exact_joint(draft, prompt, n_tokens, **sampling).view(*[vocab_size] * n_tokens)
     outside_ids = [1, 4, 5]
     for position in range(n_tokens):          # the draft itself can never write 1, 4 or 5
         assert draft_joint.index_select(position, torch.tensor(outside_ids)).sum() == 0
-    draft_joint = draft_joint.flatten()
     apply_decode_path([target, draft], path)
     generator = torch.Generator().manual_seed(0)
     counts, outside = torch.zeros(vocab_size ** n_tokens), 0
@@ -626,7 +627,9 @@ def test_a_draft_over_a_shortlist_still_samples_the_target_joint(path):
     assert outside > 50, "tokens outside the shortlist must still be written"
     p_target = chi_square_p_value(counts, target_joint)
     assert p_target > SIGNIFICANCE, f"speculative samples do not follow the target: p={p_target:.2g}"
-    assert chi_square_p_value(counts, draft_joint) < SIGNIFICANCE, "no power: the draft's joint was not rejected"
+    # The shortlisted draft's joint is 0 where 1, 4 or 5 appear, which any such count rejects; the
+    # power check uses the draft's joint before the shortlist, which has no empty cell.
+    assert chi_square_p_value(counts, full_draft_joint) < SIGNIFICANCE, "no power: the draft's joint was not rejected"
     # At T=0 (argmaxes, verify_greedy) the output is the target's greedy decoding, shortlist or not.
     greedy, _ = speculative_decode(target, draft, prompt, 12, gamma, temperature=0)
     assert torch.equal(greedy, plain_decode(target, prompt, 12, temperature=0))
@@ -666,6 +669,16 @@ def test_argmax_drafting_equals_the_rejection_rule_at_temperature_0(gamma):
         assert torch.equal(runs[0][0], runs[1][0])
         assert runs[0][1]["accepted_per_block"] == runs[1][1]["accepted_per_block"]
         assert torch.equal(runs[0][0], plain_decode(target, prompt, 20, temperature=0))
+    # The decoders send both modes to verify_greedy at T = 0; the engines' rule itself gives the
+    # same answer on the one-hot distributions of T = 0, for every prefix length that can match.
+    logits = torch.randn(gamma + 1, 32)
+    argmaxes = logits.argmax(-1)
+    for n_matching in range(gamma + 1):
+        draft_tokens = argmaxes[:gamma].clone()
+        draft_tokens[n_matching:] = (draft_tokens[n_matching:] + 1) % 32          # mismatch from there on
+        expected = verify_greedy(draft_tokens, logits)
+        assert [int(x) for x in expected] == [n_matching, int(argmaxes[n_matching])]
+        assert [int(x) for x in verify_argmax(draft_tokens, sample_probs(logits, 0.0))] == [int(x) for x in expected]
 
 
 def test_argmax_drafting_accepts_with_the_target_probability_of_the_draft_argmax():
@@ -1040,31 +1053,37 @@ def scheduled_gammas(monkeypatch, schedule: list[int]):
     monkeypatch.setattr(speculative_module, "choose_gamma", lambda alphas, costs: next(chosen, schedule[-1]))
 
 
-def test_auto_gamma_with_plain_steps_between_blocks_is_exact(monkeypatch):
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_auto_gamma_with_plain_steps_between_blocks_is_exact(monkeypatch, temperature):
     """gamma 0 is a plain step of the target alone; the draft falls behind and is caught up
     before the next block. With a draft that IS the target, a draft whose cache had missed those
-    tokens would propose wrong tokens: every block must accept all it drafts. Greedy output is
-    the target's own."""
+    tokens (or held a wrong slot) would propose other tokens: every block must accept all it
+    drafts -- at T = 1 too, where the draft samples from its whole distribution and any cache
+    error shows. At T = 0 the output is the target's greedy decoding."""
     target = random_model(0, vocab_size=32)
     draft = copy.deepcopy(target)
     prompt = [5, 9, 2, 7]
     decoder = SpeculativeDecoder(target, draft, decoder_slots(target, draft, [prompt], 30, 3))
-    decoder.measure_costs(prompt, 0.0, max_gamma=3, repeats=1)
+    decoder.measure_costs(prompt, temperature, max_gamma=3, repeats=1)
     scheduled_gammas(monkeypatch, [2, 0, 0, 3, 0, 1, 0, 0, 0, 2, 3])
-    tokens, stats = decoder.generate(prompt, 30, "auto", temperature=0)
-    assert torch.equal(tokens, plain_decode(target, prompt, 30, temperature=0))
+    tokens, stats = decoder.generate(prompt, 30, "auto", temperature=temperature,
+                                     generator=torch.Generator().manual_seed(0))
+    if temperature == 0:
+        assert torch.equal(tokens, plain_decode(target, prompt, 30, temperature=0))
     drafted = stats["drafted_per_block"]
     assert 0 in drafted and 3 in drafted
     assert stats["accepted_per_block"] == drafted                # every drafted token accepted
 
 
 def test_auto_gamma_switching_to_plain_steps_samples_the_target_joint(monkeypatch):
-    vocab_size, prompt, n_tokens, n_runs, sampling = 4, [1, 2], 3, 600, dict(temperature=1.0)
+    """Plain steps and blocks mixed, under a temperature and top-p: a plain step that dropped
+    the sampling settings (or sampled the draft) would show against the joint without them."""
+    vocab_size, prompt, n_tokens, n_runs, sampling = 4, [1, 2], 3, 600, dict(temperature=0.8, top_p=0.8)
     target = random_model(0, vocab_size=vocab_size, **TINY)
     draft = perturbed_copy(target, noise=0.5)
     target_joint = exact_joint(target, prompt, n_tokens, **sampling)
     decoder = SpeculativeDecoder(target, draft, decoder_slots(target, draft, [prompt], n_tokens, 2))
-    decoder.measure_costs(prompt, 1.0, max_gamma=2, repeats=1)
+    decoder.measure_costs(prompt, 0.8, top_p=0.8, max_gamma=2, repeats=1)
     generator, counts = torch.Generator().manual_seed(0), torch.zeros(vocab_size ** n_tokens)
     for run in range(n_runs):
         scheduled_gammas(monkeypatch, [[0, 2], [1, 0, 1], [2]][run % 3])
@@ -1072,6 +1091,8 @@ def test_auto_gamma_switching_to_plain_steps_samples_the_target_joint(monkeypatc
         counts[sum(int(t) * vocab_size ** (n_tokens - 1 - i) for i, t in enumerate(tokens))] += 1
     p_target = chi_square_p_value(counts, target_joint)
     assert p_target > SIGNIFICANCE, f"auto gamma does not follow the target: p={p_target:.2g}"
+    without_top_p = exact_joint(target, prompt, n_tokens, temperature=0.8)
+    assert chi_square_p_value(counts, without_top_p) < SIGNIFICANCE, "no power: the joint without top-p was not rejected"
 
 
 def test_auto_gamma_falls_back_to_plain_decoding_when_no_block_pays():
