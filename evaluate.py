@@ -195,10 +195,11 @@ def grid_table(title: str, results: list[dict], cell) -> str:
     return "\n".join(lines)
 
 
-def summary_table(results: list[dict], gamma: int | None = None, draft_mode: str = "sample") -> str:
-    """The headline, a row per draft and a column per (task, T): tau (95% CI) at one gamma, or
-    with gamma=None the best wall-clock speed-up over the fixed gammas measured, and its gamma."""
-    mine = [r for r in results if r["draft_mode"] == draft_mode]
+def summary_table(results: list[dict], gamma: int | None = None) -> str:
+    """The headline, a row per draft and a column per (task, T), under the rejection rule: tau
+    (95% CI) at one gamma, or with gamma=None the best wall-clock speed-up over the fixed gammas
+    measured, and its gamma."""
+    mine = [r for r in results if r["draft_mode"] == "sample"]
     if gamma is not None:
         return grid_table(f"draft (gamma {gamma})", [r for r in mine if r["gamma"] == gamma],
                           lambda rows: f"{rows[0]['block_efficiency']:.2f} ± {rows[0]['ci95']:.2f}")
@@ -209,10 +210,10 @@ def summary_table(results: list[dict], gamma: int | None = None, draft_mode: str
     return grid_table("draft (best fixed gamma)", [r for r in mine if "speedup" in r and r["gamma"] != "auto"], best)
 
 
-def auto_table(results: list[dict], draft_mode: str = "sample") -> str:
+def auto_table(results: list[dict]) -> str:
     """The speed-up with gamma chosen from the measured costs (gamma="auto"), and the mean gamma
-    it used (0 for a plain step)."""
-    rows = [r for r in results if r["gamma"] == "auto" and r["draft_mode"] == draft_mode and "speedup" in r]
+    it used (0 for a plain step), under the rejection rule."""
+    rows = [r for r in results if r["gamma"] == "auto" and r["draft_mode"] == "sample" and "speedup" in r]
     return grid_table("draft (gamma auto)", rows,
                       lambda rows: f"{rows[0]['speedup']:.2f}x (γ≈{rows[0]['mean_gamma']:.1f})") if rows else ""
 
@@ -434,7 +435,7 @@ def main(argv=None):
     drafts = {name: load_model(path, args.device, DTYPES.get(args.dtype), base=args.target)    # base: for a draft
               for name, path in draft_paths.items()}                                            # stored without its embedding
     for draft in drafts.values():
-        check_pair(target, draft, 1)
+        check_pair(target, draft)
     prompts = {task: [chat_prompt(tok, r["prompt"], r.get("system")) for r in load_jsonl_prompts(path)[: args.n_prompts]]
                for task, path in prompt_paths.items()}
     for task, task_prompts in prompts.items():       # all must fit before the first is measured

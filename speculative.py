@@ -130,12 +130,16 @@ def check_draft_mode(draft_mode: str) -> None:
                          "'argmax' (the draft proposes its argmax, as inference engines do)")
 
 
-def check_pair(target: Llama, draft: Llama, gamma: int) -> None:
+def check_pair(target: Llama, draft: Llama) -> None:
     if target.config.vocab_size != draft.config.vocab_size:
         raise ValueError(f"draft vocabulary ({draft.config.vocab_size}) != target vocabulary "
                          f"({target.config.vocab_size}); the draft must use the target's tokenizer")
-    if gamma < 1:
-        raise ValueError(f"gamma (draft tokens per block) must be >= 1, got {gamma}")
+
+
+def measured_draft_mode(temperature: float, draft_mode: str) -> str:
+    """The draft mode a block runs: at temperature 0 both modes are verify_greedy, one
+    computation, so they share one recording, one set of costs and one acceptance count."""
+    return "sample" if temperature == 0 else draft_mode
 
 
 def decoder_slots(target: Llama, draft: Llama | None, prompts: list[list[int]], max_new_tokens: int,
@@ -327,7 +331,7 @@ class SpeculativeDecoder:
     """
 
     def __init__(self, target: Llama, draft: Llama, n_slots: int, graphs: bool = False):
-        check_pair(target, draft, 1)
+        check_pair(target, draft)
         self.target, self.draft = target, draft
         device, one = target.device, torch.ones(1, dtype=torch.long, device=target.device)
         self.target_cache = target.new_cache(1, n_slots, start=one)
@@ -416,7 +420,8 @@ class SpeculativeDecoder:
         decoder's earlier calls and this one's blocks); a gamma of 0 is a plain step of the
         target alone, when no block is predicted to beat it."""
         auto = gamma == "auto"
-        check_pair(self.target, self.draft, 1 if auto else gamma)
+        if not auto and gamma < 1:
+            raise ValueError(f"gamma (draft tokens per block) must be >= 1, got {gamma}")
         check_sampling(temperature, top_k, top_p)
         check_draft_mode(draft_mode)
         prompt = [int(t) for t in (prompt_ids.tolist() if isinstance(prompt_ids, torch.Tensor) else prompt_ids)]
@@ -426,8 +431,7 @@ class SpeculativeDecoder:
         for model in (self.target, self.draft):
             check_context(model, P + max_new_tokens, "speculative decoding")
         sampling = (temperature, top_k, top_p)
-        if temperature == 0:
-            draft_mode = "sample"             # at T = 0 both modes are verify_greedy: one recording
+        draft_mode = measured_draft_mode(temperature, draft_mode)
         key = (sampling, draft_mode)
         if auto and key not in self.costs:
             raise ValueError("gamma='auto' needs this machine's step costs: call measure_costs(prompt, "
@@ -490,7 +494,7 @@ class SpeculativeDecoder:
         check_sampling(temperature, top_k, top_p)
         check_draft_mode(draft_mode)
         sampling = (temperature, top_k, top_p)
-        draft_mode = "sample" if temperature == 0 else draft_mode
+        draft_mode = measured_draft_mode(temperature, draft_mode)
         if len(prompt) + max_gamma + 2 > self.tokens.shape[1]:
             raise ValueError(f"a prompt of {len(prompt)} tokens and blocks of up to {max_gamma} do not fit the "
                              f"decoder's {self.tokens.shape[1]} slots")
@@ -739,7 +743,7 @@ def load_for_decoding(args) -> SimpleNamespace:
     target = load_model(args.target, args.device, DTYPES.get(args.dtype))
     draft = load_model(args.draft, args.device, DTYPES.get(args.dtype), base=args.target)   # base: a shipped draft
     check_vocab(tok, target.config.vocab_size, args.target)
-    check_pair(target, draft, 1)
+    check_pair(target, draft)
     params = (count_params(target), count_params(draft))
     if args.draft_vocab is not None:
         from answers import answer_vocabulary, load_answer_counts

@@ -342,7 +342,7 @@ def test_bad_vocabularies_are_one_clear_sentence(tmp_path, monkeypatch):
     write_gguf(tmp_path / "target.gguf", random_model())
     other = random_model(replace(CONFIG, vocab_size=VOCAB - 1))
     with pytest.raises(ValueError, match="draft vocabulary .* the draft must use the target's tokenizer"):
-        check_pair(load_model(tmp_path / "target.gguf"), other, 4)
+        check_pair(load_model(tmp_path / "target.gguf"), other)
     monkeypatch.setitem(sys.modules, "gguf", None)                # the package is not installed
     with pytest.raises(ValueError, match="needs the `gguf` package"):
         load_model(tmp_path / "target.gguf")
