@@ -208,10 +208,12 @@ def merge_shards(out: str, world: int, n_jobs: int) -> bool:
 # ----------------------------------------------------------------------------------------------
 
 def distill(model: Llama, tok: Tokenizer, jobs: list[dict], out: str, max_new_tokens: int = 160,
-            batch_size: int = 32, seed: int = 0, rank: int = 0, world: int = 1, graphs: bool = False) -> str:
+            batch_size: int = 32, seed: int = 0, rank: int = 0, world: int = 1, graphs: bool = False,
+            compile_sampling: bool = False) -> str:
     """Answer this rank's batches of `jobs` with the target, appending records to its file
     (returned); with world > 1, also merge the shards into `out` once every job is done.
-    graphs: record the decode steps as CUDA graphs (fast_decode.py); it changes the speed, not the records."""
+    graphs, compile_sampling: the decoders' options of a decode path (fast_decode.apply_decode_path); they change
+    the speed, and not the records (compiled sampling: up to float rounding)."""
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} is not in 0..{world - 1} (WORLD_SIZE={world})")
     batches = make_batches(jobs, batch_size)
@@ -231,7 +233,7 @@ def distill(model: Llama, tok: Tokenizer, jobs: list[dict], out: str, max_new_to
     for i, b in enumerate(todo):
         batch = [jobs[j] for j in batches[b]]
         if len(batch) not in decoders:
-            decoders[len(batch)] = Decoder(model, len(batch), n_slots, graphs)
+            decoders[len(batch)] = Decoder(model, len(batch), n_slots, graphs, compile_sampling)
         # The batch's randomness depends only on (seed, b): resumed and sharded runs repeat it.
         generator = torch.Generator(model.device).manual_seed(mix_seed(seed, b))
         responses = decoders[len(batch)].generate(

@@ -88,7 +88,7 @@ def pool_runs(runs: list[tuple[int, dict]]) -> dict:
 
 def evaluate_pair(target: Llama, draft: Llama, prompts: list[list[int]], gammas: list, temperature: float,
                   max_new_tokens: int, top_k: int | None = None, top_p: float | None = None, stop_ids=(),
-                  seed: int = 0, plain: Decoder | None = None, graphs: bool = False,
+                  seed: int = 0, plain: Decoder | None = None, graphs: bool = False, compile_sampling: bool = False,
                   decoder: SpeculativeDecoder | None = None, draft_modes: tuple = ("sample",),
                   param_counts: tuple[int, int] | None = None) -> list[dict]:
     """Speculative decoding over `prompts` (prompt i with a generator seeded seed + i) at each of
@@ -97,6 +97,7 @@ def evaluate_pair(target: Llama, draft: Llama, prompts: list[list[int]], gammas:
     measured here first and then following the loop's own timings (speculative.update_cost), and
     the acceptance counted so far on this task at this temperature --
     the earlier prompts' blocks and this prompt's blocks at the fixed gammas, which run before it.
+    graphs, compile_sampling: the decoders' options of the decode path (fast_decode.apply_decode_path).
     `decoder`: a SpeculativeDecoder of this pair with slots for every prompt and the largest
     gamma, to reuse across calls; by default a new one. `param_counts`: the target's and the
     draft's parameters for MBSU, counted before a decode path (a quantized one keeps weights as
@@ -115,7 +116,7 @@ def evaluate_pair(target: Llama, draft: Llama, prompts: list[list[int]], gammas:
     fixed = [g for g in gammas if g != "auto"]
     max_gamma = max(fixed, default=6)
     speculative = decoder or SpeculativeDecoder(
-        target, draft, decoder_slots(target, draft, prompts, max_new_tokens, max_gamma), graphs)
+        target, draft, decoder_slots(target, draft, prompts, max_new_tokens, max_gamma), graphs, compile_sampling)
     sampling = (temperature, top_k, top_p)
     for mode in measured_modes:
         if "auto" in gammas:          # untimed, and it records or compiles every block it times

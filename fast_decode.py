@@ -344,7 +344,10 @@ class StepRunner:
 def apply_decode_path(models: list[Llama], path: str) -> dict:
     """Prepare the models for `path` (one of DECODE_PATHS), in place: fuse their projections,
     compile their blocks or switch their linear layers where it asks for it; return the
-    decoders' options for that path, {"graphs": bool}."""
+    decoders' options for that path: {"graphs": bool, "compile_sampling": bool}. A GPU path that
+    compiles the blocks compiles the decoders' sampling too (speculative.Sampler): there each of
+    its operations is a kernel. On a CPU its cost is its arithmetic and its random draws, which
+    compiling does not remove, so the CPU's compiled path leaves it as it is."""
     if path not in DECODE_PATHS:
         raise ValueError(f"unknown decode path {path!r}; choose one of {DECODE_PATHS}")
     if path in GPU_PATHS and not all(model.device.type == "cuda" for model in models):
@@ -362,4 +365,4 @@ def apply_decode_path(models: list[Llama], path: str) -> dict:
         if path in QUANTIZED_PATHS:     # the blocks quantized, the head's few-row products in float32
             quantize_weights(model, QUANTIZED_PATHS[path])
             few_row_matmuls(model)
-    return {"graphs": path in GPU_PATHS}
+    return {"graphs": path in GPU_PATHS, "compile_sampling": path in GPU_PATHS and "compile" in path}

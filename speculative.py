@@ -10,12 +10,14 @@ target alone would sample it.
 
 Read it top to bottom, in the order of the algorithm:
   sampling            ONE function turns logits into the processed next-token distribution
-                      (`sample_probs`), ONE sampler draws from it (`sample`; at temperature 0 the
-                      decoders take the argmax instead, `sample_token` says why that is the same);
+                      (`sample_probs`), ONE rule draws from it (`race`, given random numbers from
+                      `exponentials`; at temperature 0 the decoders take the argmax instead,
+                      `sample_token` says why that is the same);
   plain decoding      `Decoder`: batched, KV-cached autoregressive decoding, the baseline of
                       every speed-up and the engine of the distillation data;
   the rejection rule  `verify` (with its proof), `verify_greedy` (the same rule at T = 0) and
-                      `verify_argmax` (the inference engines' rule for argmax drafts);
+                      `verify_argmax` (the inference engines' rule for argmax drafts); `Sampler`,
+                      the arithmetic between model calls as the decoders call it, compiled or not;
   one block           `SpeculativeDecoder.block`: gamma draft tokens, one target pass, the rule;
   the loop            `SpeculativeDecoder.generate`, and `measure_costs` for gamma "auto";
   choosing gamma      `expected_tokens`, `choose_gamma`, `update_cost`, `AcceptanceCounts`
@@ -84,31 +86,38 @@ def sample_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | No
     return probs
 
 
-def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token per row of probs (..., V) -> (...), without waiting for the GPU.
+def exponentials(like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """E_x ~ Exp(1), float32, one for every entry of like (..., V) (logits or probabilities): the
+    random numbers of `race`."""
+    return torch.empty(like.shape, dtype=torch.float32, device=like.device).exponential_(generator=generator)
 
-    The exponential race: draw E_x ~ Exp(1) independently for every token x; the token with
-    the largest p(x) / E_x is x with probability exactly p(x) (E_x / p(x) ~ Exp(p(x)), and the
-    smallest of independent exponentials is the one of rate p(x) with probability p(x) / sum p).
-    It is the Gumbel-max trick in another form (-log E_x is a Gumbel variable). Tokens of
-    probability 0 score 0 and are never chosen. torch.multinomial draws the same way but first
-    checks the probabilities with .item(), a host synchronisation at every token.
-    """
-    races = torch.empty_like(probs).exponential_(generator=generator)      # E_x ~ Exp(1), > 0
+
+def race(probs: torch.Tensor, races: torch.Tensor) -> torch.Tensor:
+    """One token per row of probs (..., V) -> (...), given races E_x ~ Exp(1) (`exponentials`).
+
+    The exponential race: the token with the largest p(x) / E_x is x with probability exactly
+    p(x) (E_x / p(x) ~ Exp(p(x)), and the smallest of independent exponentials is the one of rate
+    p(x) with probability p(x) / sum p). It is the Gumbel-max trick in another form (-log E_x is a
+    Gumbel variable). Tokens of probability 0 score 0 and are never chosen. torch.multinomial
+    draws the same way but first checks the probabilities with .item(), a host synchronisation
+    at every token. The random numbers come in as a tensor, so that this arithmetic is a pure
+    function that torch.compile can fuse (Sampler), which it cannot do with a draw from a generator."""
     return (probs / races).argmax(dim=-1)
 
 
-def sample_token(logits: torch.Tensor, sampling: tuple, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_token(logits: torch.Tensor, sampling: tuple, generator: torch.Generator | None = None,
+                 sampler: "Sampler | None" = None) -> torch.Tensor:
     """The decoders' next token from logits (..., V) under sampling = (temperature, top_k, top_p).
 
-    Temperature 0 is the argmax of the logits themselves. It is what sample() would return for
+    Temperature 0 is the argmax of the logits themselves. It is what the race would return for
     the one-hot distribution sample_probs makes at T = 0 (the race can only pick the token of
     probability 1), without building that V-wide distribution or drawing V random numbers:
     on a GPU those are kernels of their own at every token, on a CPU the draw over 49,152 tokens
-    costs more than the argmax many times over. Every other temperature samples sample_probs."""
+    costs more than the argmax many times over. Every other temperature samples sample_probs,
+    through `sampler` (Sampler.draw, compiled or not; by default the functions themselves)."""
     if sampling[0] == 0:
         return logits.argmax(dim=-1)
-    return sample(sample_probs(logits, *sampling), generator)
+    return (sampler or EAGER).draw(logits, exponentials(logits, generator), sampling)[1]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -160,13 +169,13 @@ def cut_at_stop(tokens: list[int], stop_ids: Collection[int]) -> list[int]:
 # ----------------------------------------------------------------------------------------------
 
 def decode_step(model: Llama, tokens: torch.Tensor, cache, length: torch.Tensor, sampling: tuple,
-                generator) -> torch.Tensor:
+                generator, sampler: "Sampler | None" = None) -> torch.Tensor:
     """One plain step for every row of tokens (B, n_slots): feed the newest token (at slot
     length - 1; the cache holds every slot before it), sample the next one, write it at slot
     `length` and move length on. Returns the new tokens (B,)."""
     newest = length - 1                                                            # (1,) its slot
     logits = model(tokens.index_select(1, newest), cache, newest)[:, -1]          # (B, V)
-    token = sample_token(logits, sampling, generator)                              # (B,)
+    token = sample_token(logits, sampling, generator, sampler)                     # (B,)
     tokens.index_copy_(1, length, token[:, None])
     length += 1
     return token
@@ -180,10 +189,13 @@ class Decoder:
 
     State on the device: tokens (B, n_slots), the KV cache, and length (1,): the slot the next
     token goes into. `decode_step` reads and writes only these, so with graphs=True (CUDA) it
-    is recorded once per sampling setting and replayed (fast_decode.StepRunner)."""
+    is recorded once per sampling setting and replayed (fast_decode.StepRunner). compile_sampling:
+    the sampling compiled by torch.compile (Sampler; fast_decode's GPU paths that compile)."""
 
-    def __init__(self, model: Llama, batch_size: int, n_slots: int, graphs: bool = False):
+    def __init__(self, model: Llama, batch_size: int, n_slots: int, graphs: bool = False,
+                 compile_sampling: bool = False):
         self.model, self.batch_size = model, batch_size
+        self.sampler = Sampler("inductor") if compile_sampling else EAGER
         self.cache = model.new_cache(batch_size, n_slots)
         self.tokens = torch.zeros(batch_size, n_slots, dtype=torch.long, device=model.device)
         self.length = torch.zeros(1, dtype=torch.long, device=model.device)
@@ -216,7 +228,7 @@ class Decoder:
         with self.steps.generator(generator) as generator:
             while made < max_new_tokens:
                 self.steps.run(sampling, lambda: decode_step(self.model, self.tokens, self.cache, self.length,
-                                                             sampling, generator))
+                                                             sampling, generator, self.sampler))
                 made += 1
                 # Has every row stopped? Asked after every token: one host sync per token (the GPU
                 # idles for a launch, microseconds against a step), so plain decoding never runs
@@ -232,13 +244,20 @@ class Decoder:
 # Speculative decoding
 # ----------------------------------------------------------------------------------------------
 
-def verify(draft_tokens: torch.Tensor, draft_probs: torch.Tensor, target_probs: torch.Tensor,
-           generator: torch.Generator | None = None,
-           draft_vocab: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def verify_draws(target: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The random numbers of verify for the target's (gamma + 1, V) logits or probabilities:
+    u (gamma,) ~ U[0, 1), one per acceptance test, then the races (V,) ~ Exp(1) of the token
+    after the accepted ones."""
+    u = torch.rand(target.shape[0] - 1, device=target.device, generator=generator)
+    return u, exponentials(target[0], generator)
+
+
+def verify(draft_tokens: torch.Tensor, draft_probs: torch.Tensor, target_probs: torch.Tensor, u: torch.Tensor,
+           races: torch.Tensor, draft_vocab: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The rejection-sampling rule for one block (PAPER.md 4.1), entirely on the device.
 
     draft_tokens x_1..x_gamma (gamma,) with x_i ~ q_i; draft_probs q (gamma, V); target_probs
-    p (gamma + 1, V). Returns (n_accepted, next_token), both 0-dim tensors: x_1..x_n are kept,
+    p (gamma + 1, V); u and races, the rule's random numbers (verify_draws). Returns (n_accepted, next_token), both 0-dim tensors: x_1..x_n are kept,
     then next_token, the replacement for the first rejected token or, if all gamma were
     accepted, a bonus token from p_{gamma+1}. draft_vocab: for a draft over a shortlist S of the
     vocabulary (fast_decode.ShortlistHead), the sorted token ids (K,) that draft_probs (gamma, K)
@@ -258,7 +277,6 @@ def verify(draft_tokens: torch.Tensor, draft_probs: torch.Tensor, target_probs: 
     rows = torch.arange(gamma, device=draft_tokens.device)
     in_draft_vocab = draft_tokens if draft_vocab is None else torch.searchsorted(draft_vocab, draft_tokens)
     p_x, q_x = target_probs[rows, draft_tokens], draft_probs[rows, in_draft_vocab]   # (gamma,)
-    u = torch.rand(gamma, device=draft_tokens.device, generator=generator)
     accepted = u * q_x < p_x                      # P(u < p/q) = min(1, p(x)/q(x)); q(x) > 0 as x ~ q
     n_accepted = accepted.long().cumprod(0).sum()                  # the accepted prefix's length
     q_next = torch.cat([draft_probs, torch.zeros_like(draft_probs[:1])]).index_select(0, n_accepted.view(1))[0]
@@ -269,7 +287,7 @@ def verify(draft_tokens: torch.Tensor, draft_probs: torch.Tensor, target_probs: 
         residual = p_next.index_add(0, draft_vocab, q_next, alpha=-1).clamp(min=0)
     # A rejection implies p != q somewhere, so the residual has mass; guard against rounding.
     residual = torch.where(residual.sum() > 0, residual, p_next)
-    return n_accepted, sample(residual / residual.sum(), generator)
+    return n_accepted, race(residual / residual.sum(), races)
 
 
 def verify_greedy(draft_tokens: torch.Tensor, target_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -286,9 +304,10 @@ def verify_greedy(draft_tokens: torch.Tensor, target_logits: torch.Tensor) -> tu
 
 
 def verify_argmax(draft_tokens: torch.Tensor, target_probs: torch.Tensor,
-                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  races: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The rule of the inference engines (vLLM, SGLang, llama.cpp; PAPER.md 4.5), for a draft that
-    proposes its ARGMAX tokens: (n_accepted, next_token), as verify() returns them.
+    proposes its ARGMAX tokens: (n_accepted, next_token), as verify() returns them. races: E ~ Exp(1)
+    shaped like target_probs (gamma + 1, V) (`exponentials`), the target's draws.
 
     The target samples its own token at every position of the block, y_i ~ p_i for i = 1..gamma+1,
     all from the one pass that scored the draft's tokens; the draft's x_i are kept while x_i = y_i,
@@ -303,7 +322,7 @@ def verify_argmax(draft_tokens: torch.Tensor, target_probs: torch.Tensor,
     temperature 0 both are one-hot and the two rules are the same (verify_greedy). At T > 0 the
     engine's rule rewards a draft whose argmax is the target's likeliest token, not one whose
     whole distribution matches -- which is what TVD-like losses train for."""
-    return keep_matching(draft_tokens, sample(target_probs, generator))            # y_i ~ p_i, (gamma + 1,)
+    return keep_matching(draft_tokens, race(target_probs, races))                  # y_i ~ p_i, (gamma + 1,)
 
 
 def keep_matching(draft_tokens: torch.Tensor, target_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -312,6 +331,51 @@ def keep_matching(draft_tokens: torch.Tensor, target_tokens: torch.Tensor) -> tu
     gamma = draft_tokens.shape[0]
     n_accepted = (draft_tokens == target_tokens[:gamma]).long().cumprod(0).sum()   # matching prefix
     return n_accepted, target_tokens.index_select(0, n_accepted.view(1))[0]
+
+
+class Sampler:
+    """What a decoder computes from logits between its model calls, given the random numbers it
+    drew for them: `draw` (sample_probs, then the race), `verify` and `verify_argmax` (the target's
+    sample_probs, then the rule). The functions themselves, or, with compile_backend (fast_decode's
+    GPU paths that compile), each one compiled by torch.compile.
+
+    Why compile them. On a GPU each tensor operation is a kernel of its own, and at T > 0 a block
+    runs dozens of tiny ones beside its model calls: a softmax and an argmax over each of the
+    draft's rows of 49,152 logits, the acceptance test's gathers and comparisons, the residual.
+    Recorded in a CUDA graph they cost no launches from the host, but each still runs, one after
+    another, and a row's reduction runs on few of the GPU's cores. torch.compile fuses each function
+    into a few kernels and splits a long row's reductions across the GPU (BENCHMARKS.md section 2
+    counts both). It cannot compile a draw from a torch.Generator, so the decoders draw the random
+    numbers first, in the order the functions use them: compiled or not, a step consumes the same
+    random numbers and computes the same thing, up to float rounding (tests/test_gpu.py compares
+    the two token for token)."""
+
+    def __init__(self, compile_backend: str | None = None):
+        for name in ("draw", "verify", "verify_argmax"):
+            function = getattr(Sampler, name)
+            setattr(self, name, torch.compile(function, fullgraph=True, backend=compile_backend)
+                    if compile_backend else function)
+
+    @staticmethod
+    def draw(logits: torch.Tensor, races: torch.Tensor, sampling: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probs, token): the processed distribution of logits (..., V) and one token per row, drawn by
+        the race on races (..., V) ~ Exp(1)."""
+        probs = sample_probs(logits, *sampling)
+        return probs, race(probs, races)
+
+    @staticmethod
+    def verify(draft_tokens: torch.Tensor, draft_probs: torch.Tensor, target_logits: torch.Tensor, u: torch.Tensor,
+               races: torch.Tensor, sampling: tuple, draft_vocab: torch.Tensor | None = None):
+        """verify() on p = sample_probs(target_logits) (gamma + 1, V)."""
+        return verify(draft_tokens, draft_probs, sample_probs(target_logits, *sampling), u, races, draft_vocab)
+
+    @staticmethod
+    def verify_argmax(draft_tokens: torch.Tensor, target_logits: torch.Tensor, races: torch.Tensor, sampling: tuple):
+        """verify_argmax() on p = sample_probs(target_logits) (gamma + 1, V)."""
+        return verify_argmax(draft_tokens, sample_probs(target_logits, *sampling), races)
+
+
+EAGER = Sampler()      # the functions themselves: the CPU paths, and every test of them
 
 
 class SpeculativeDecoder:
@@ -330,7 +394,8 @@ class SpeculativeDecoder:
     shorter length, over stale slots that the causal mask hides until then.
     """
 
-    def __init__(self, target: Llama, draft: Llama, n_slots: int, graphs: bool = False):
+    def __init__(self, target: Llama, draft: Llama, n_slots: int, graphs: bool = False,
+                 compile_sampling: bool = False):
         check_pair(target, draft)
         self.target, self.draft = target, draft
         device, one = target.device, torch.ones(1, dtype=torch.long, device=target.device)
@@ -340,6 +405,7 @@ class SpeculativeDecoder:
         self.length = torch.zeros(1, dtype=torch.long, device=device)
         self.offsets = torch.arange(n_slots, device=device)
         self.steps = fast_decode.StepRunner(device, graphs)           # eager, or recorded blocks
+        self.sampler = Sampler("inductor") if compile_sampling else EAGER     # the arithmetic between model calls
         self.costs = {}        # (sampling, draft_mode) -> this machine's step costs (measure_costs)
         self.cost_update = 1 / 8   # weight of each timed loop iteration in those costs (update_cost); 0 keeps them
         self.acceptance = {}   # (sampling, draft_mode) -> AcceptanceCounts over the calls so far
@@ -370,8 +436,7 @@ class SpeculativeDecoder:
             if argmax:
                 x = draft_logits.argmax(dim=-1)                                     # x_i = argmax q_i, (1,)
             else:
-                q = sample_probs(draft_logits, *sampling)                           # q_i
-                x = sample(q, generator)                                            # x_i ~ q_i, (1,)
+                q, x = self.sampler.draw(draft_logits, exponentials(draft_logits, generator), sampling)  # q_i, x_i ~ q_i
                 draft_probs.append(q)
             if draft_vocab is not None:
                 x = draft_vocab[x]
@@ -384,12 +449,12 @@ class SpeculativeDecoder:
         target_logits = self.target(target_input, self.target_cache, first - 1 + offsets)[0]   # (gamma + 1, V)
         if greedy:
             n_accepted, next_token = verify_greedy(draft_tokens, target_logits)
-        elif argmax:
-            n_accepted, next_token = verify_argmax(draft_tokens, sample_probs(target_logits, *sampling), generator)
-        else:
-            target_probs = sample_probs(target_logits, *sampling)                     # (gamma + 1, V)
-            n_accepted, next_token = verify(draft_tokens, torch.cat(draft_probs), target_probs, generator,
-                                            draft_vocab)
+        elif argmax:                         # p_i = sample_probs(target_logits), then verify_argmax
+            n_accepted, next_token = self.sampler.verify_argmax(draft_tokens, target_logits,
+                                                                exponentials(target_logits, generator), sampling)
+        else:                                # p_i = sample_probs(target_logits), then verify
+            n_accepted, next_token = self.sampler.verify(draft_tokens, torch.cat(draft_probs), target_logits,
+                                                         *verify_draws(target_logits, generator), sampling, draft_vocab)
 
         # 3. Keep x_1..x_n and the next token; the sequence grows by n + 1.
         self.tokens.index_copy_(1, first + offsets[:gamma], draft_tokens[None])
@@ -455,7 +520,8 @@ class SpeculativeDecoder:
                 block_gamma = min(chosen, context - n_tokens)     # = chosen except at the end of a context
                 if block_gamma == 0:                              # a plain step; the draft falls behind
                     token = self.steps.run(("plain", sampling), lambda: decode_step(
-                        self.target, self.tokens, self.target_cache, self.length, sampling, generator))
+                        self.target, self.tokens, self.target_cache, self.length, sampling, generator,
+                        self.sampler))
                     n_accepted, drafted, window = 0, [], token.tolist()
                 else:
                     if draft_end < n_tokens - 1:                  # catch the draft up after plain steps
@@ -469,7 +535,10 @@ class SpeculativeDecoder:
                 new_tokens += cut_at_stop(window[: n_accepted + 1], stop_ids)
                 blocks.append((drafted, n_accepted, window[n_accepted]))
                 n_tokens += n_accepted + 1
-                if auto:               # the loop's own cost of what it just ran (update_cost says why)
+                # The loop's own cost of what it just ran (update_cost says why); not the first
+                # iteration's: start() launched the prompt's prefill without waiting for it, so that
+                # iteration's wait includes it -- several steps' time that no later step pays.
+                if auto and len(blocks) > 1:
                     update_cost(self.costs[key], block_gamma, time.perf_counter() - iteration_started,
                                 self.cost_update)
                 if new_tokens and new_tokens[-1] in stop_ids:
@@ -514,7 +583,7 @@ class SpeculativeDecoder:
 
         with self.steps.generator(torch.Generator(self.target.device).manual_seed(0)) as generator:
             plain = median_seconds(("plain", sampling), lambda: decode_step(
-                self.target, self.tokens, self.target_cache, self.length, sampling, generator))
+                self.target, self.tokens, self.target_cache, self.length, sampling, generator, self.sampler))
             blocks = {g: median_seconds((g, sampling, draft_mode),
                                         lambda g=g: self.block(g, sampling, generator, draft_mode))
                       for g in range(1, max_gamma + 1)}

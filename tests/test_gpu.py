@@ -1,6 +1,7 @@
-"""The fast decode paths (CUDA graphs, torch.compile, fused projections) give the same tokens
-and the same accept/reject decisions as eager decoding, and the decode loops do not wait for
-the GPU as they go: plain decoding never, speculative decoding once per block.
+"""The fast decode paths (CUDA graphs, torch.compile of the blocks and of the sampling, fused
+projections) give the same tokens and the same accept/reject decisions as eager decoding, and
+the decode loops do not wait for the GPU as they go: plain decoding never, speculative decoding
+once per block.
 
 These tests need a CUDA GPU and are skipped without one (CI has none); they are run on the GPU
 machine with `pytest tests/test_gpu.py` before any benchmark (BENCHMARKS.md records the run).
@@ -44,7 +45,7 @@ def test_graphed_plain_decoding_matches_eager_across_prompts(compile, fuse, pref
     # stale `start` from the previous prompt would change the tokens.
     eager, _ = pair()
     fast, _ = pair(fuse, compile)
-    decoder = Decoder(fast, 1, SLOTS, graphs=True)
+    decoder = Decoder(fast, 1, SLOTS, graphs=True, compile_sampling=compile)
     decoder.steps.prefill_chunk = prefill_chunk or decoder.steps.prefill_chunk
     for prompt in PROMPTS:
         for temperature in (0.0, 1.0):
@@ -53,7 +54,7 @@ def test_graphed_plain_decoding_matches_eager_across_prompts(compile, fuse, pref
             assert decoder.generate([prompt], 12, temperature, generator=g2)[0] == expected
             assert g1.get_state().equal(g2.get_state())        # the caller's generator moved on alike
     # left-padded batches: a different `start` per row
-    batched = Decoder(fast, len(PROMPTS), SLOTS, graphs=True)
+    batched = Decoder(fast, len(PROMPTS), SLOTS, graphs=True, compile_sampling=compile)
     batched.steps.prefill_chunk = prefill_chunk or batched.steps.prefill_chunk
     assert batched.generate(PROMPTS, 8, 0.0) == plain_decode_batch(eager, PROMPTS, 8, 0.0)
 
@@ -62,7 +63,7 @@ def test_graphed_plain_decoding_matches_eager_across_prompts(compile, fuse, pref
 def test_graphed_speculative_matches_eager_token_for_token_and_block_for_block(compile, fuse, prefill_chunk):
     eager_target, eager_draft = pair()
     target, draft = pair(fuse, compile)
-    decoder = SpeculativeDecoder(target, draft, SLOTS, graphs=True)
+    decoder = SpeculativeDecoder(target, draft, SLOTS, graphs=True, compile_sampling=compile)
     decoder.steps.prefill_chunk = prefill_chunk or decoder.steps.prefill_chunk
     blocks = []
     for prompt in PROMPTS:
@@ -92,7 +93,7 @@ def test_graphed_argmax_drafting_auto_gamma_and_a_shortlist_match_eager(compile,
         if short:
             shortlist_head(eager_pair[1], shortlist)
             shortlist_head(fast_pair[1], shortlist)
-        assert_decoders_agree(SpeculativeDecoder(*eager_pair, SLOTS), SpeculativeDecoder(*fast_pair, SLOTS, graphs=True),
+        assert_decoders_agree(SpeculativeDecoder(*eager_pair, SLOTS), SpeculativeDecoder(*fast_pair, SLOTS, graphs=True, compile_sampling=compile),
                               PROMPTS, mode, auto, monkeypatch)
 
 def test_a_dead_graph_collected_during_a_capture_does_not_break_it():

@@ -35,8 +35,8 @@ from evaluate import (ci_gaps, evaluate_pair, mean_ci95, memory_bound_speedup, p
                       separation_lines)
 import speculative as speculative_module
 from speculative import (AcceptanceCounts, Decoder, SpeculativeDecoder, block_stats, choose_gamma, decoder_slots,
-                         expected_tokens, sample, sample_probs, sample_token, update_cost, verify, verify_argmax,
-                         verify_greedy)
+                         expected_tokens, exponentials, race, sample_probs, sample_token, update_cost, verify,
+                         verify_argmax, verify_draws, verify_greedy)
 
 SIGNIFICANCE = 0.001   # chi-square tests: a correct implementation fails 1 time in 1000 seeds
 
@@ -44,6 +44,11 @@ SIGNIFICANCE = 0.001   # chi-square tests: a correct implementation fails 1 time
 # ----------------------------------------------------------------------------------------------
 # Models and statistics helpers
 # ----------------------------------------------------------------------------------------------
+
+def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of probs (..., V), drawn as the decoders draw: the race on fresh exponentials."""
+    return race(probs, exponentials(probs, generator))
+
 
 # A one-layer model for the statistical tests: thousands of decodes must take seconds.
 TINY = dict(n_layers=1, dim=16, n_heads=2, n_kv_heads=1, ffn_dim=32, max_seq_len=16)
@@ -351,7 +356,8 @@ def test_verify_greedy_accepts_the_matching_prefix():
     for target_tokens, expected in (([2, 4, 3, 0], (2, 3)),    # agrees on 2 tokens, then wants 3
                                     ([2, 4, 1, 0], (3, 0)),    # agrees on all: bonus = argmax p_4
                                     ([4, 4, 1, 0], (0, 4))):   # first token wrong: nothing accepted
-        assert as_ints(verify(draft_tokens, one_hot([2, 4, 1]), one_hot(target_tokens))) == expected
+        target_probs = one_hot(target_tokens)
+        assert as_ints(verify(draft_tokens, one_hot([2, 4, 1]), target_probs, *verify_draws(target_probs))) == expected
         noise = torch.randn(4, 5, generator=torch.Generator().manual_seed(0))
         target_logits = 5 * one_hot(target_tokens) + 0.1 * noise                 # argmax: target_tokens
         assert as_ints(verify_greedy(draft_tokens, target_logits)) == expected
@@ -369,7 +375,8 @@ def test_verify_greedy_is_verify_on_the_one_hot_distributions():
         wrong = torch.rand(gamma, generator=generator) < 0.3
         draft_tokens = torch.where(wrong, torch.randint(0, 7, (gamma,), generator=generator), draft_tokens)
         draft_probs = torch.nn.functional.one_hot(draft_tokens, 7).float()
-        expected = as_ints(verify(draft_tokens, draft_probs, sample_probs(target_logits, 0), generator))
+        target_probs = sample_probs(target_logits, 0)
+        expected = as_ints(verify(draft_tokens, draft_probs, target_probs, *verify_draws(target_probs, generator)))
         assert as_ints(verify_greedy(draft_tokens, target_logits)) == expected
         lengths.add((expected[0], gamma))
     assert {n for n, _ in lengths} == set(range(6)) and any(n < g for n, g in lengths)
@@ -389,7 +396,8 @@ def test_verify_accepts_exactly_while_u_q_below_p():
         u = torch.rand(3, generator=replay)
         q_x, p_x = draft_probs[range(3), draft_tokens], target_probs[range(3), draft_tokens]
         expected = next((i for i in range(3) if not u[i] * q_x[i] < p_x[i]), 3)
-        n_accepted, next_token = as_ints(verify(draft_tokens, draft_probs, target_probs, generator))
+        n_accepted, next_token = as_ints(verify(draft_tokens, draft_probs, target_probs,
+                                                *verify_draws(target_probs, generator)))
         assert n_accepted == expected
         support = target_probs[3] > 0 if n_accepted == 3 else target_probs[n_accepted] > draft_probs[n_accepted]
         assert support[next_token], (n_accepted, int(next_token))
@@ -407,7 +415,8 @@ def test_verify_output_is_distributed_as_the_target():
     n_draws = 6000
     for _ in range(n_draws):
         x = sample(q, generator).view(1)
-        n_accepted, next_token = as_ints(verify(x, q[None], torch.stack([p, bonus]), generator))
+        target_probs = torch.stack([p, bonus])
+        n_accepted, next_token = as_ints(verify(x, q[None], target_probs, *verify_draws(target_probs, generator)))
         counts[int(x) if n_accepted == 1 else int(next_token)] += 1
         accepted += n_accepted
     assert chi_square_p_value(counts, p) > SIGNIFICANCE, counts
@@ -678,7 +687,8 @@ def test_argmax_drafting_equals_the_rejection_rule_at_temperature_0(gamma):
         draft_tokens[n_matching:] = (draft_tokens[n_matching:] + 1) % 32          # mismatch from there on
         expected = verify_greedy(draft_tokens, logits)
         assert [int(x) for x in expected] == [n_matching, int(argmaxes[n_matching])]
-        assert [int(x) for x in verify_argmax(draft_tokens, sample_probs(logits, 0.0))] == [int(x) for x in expected]
+        one_hot = sample_probs(logits, 0.0)
+        assert [int(x) for x in verify_argmax(draft_tokens, one_hot, exponentials(one_hot))] == [int(x) for x in expected]
 
 
 def test_argmax_drafting_accepts_with_the_target_probability_of_the_draft_argmax():
@@ -1014,7 +1024,25 @@ def test_auto_gamma_learns_the_loops_costs():
     assert torch.equal(tokens, plain_decode(target, prompt, 20, temperature=0))
     assert set(stats["drafted_per_block"]) == {2}                # gamma 2: more tokens for the same cost
     assert costs["plain"] == 10.0 and costs["block"][1] == 1.0   # never run, never moved
-    assert costs["block"][2] < (7 / 8) ** 5                      # moved down at every one of 7 blocks
+    assert costs["block"][2] < (7 / 8) ** 5                      # moved down at every block but the first
+
+
+def test_auto_gamma_leaves_the_first_iterations_time_out_of_its_costs(monkeypatch):
+    """The first iteration of a call waits for the prompt's prefill too (start() launches it on a
+    GPU without waiting): counted as a step's cost, it would make whichever step comes first look
+    several times dearer, at every call. Every later iteration is counted, plain steps too."""
+    target = random_model(0, vocab_size=32)
+    prompt = [3, 1, 4]
+    decoder = SpeculativeDecoder(target, perturbed_copy(target, 0.5), decoder_slots(target, target, [prompt], 20, 2))
+    decoder.costs[((1.0, None, None), "sample")] = {"plain": 1.0, "block": {1: 1.6, 2: 1.8}}
+    counted = []
+    monkeypatch.setattr(speculative_module, "update_cost", lambda costs, gamma, seconds, weight: counted.append(gamma))
+    for first in (2, 0):                                 # a block first, then a plain step first
+        scheduled_gammas(monkeypatch, [first, 0, 1, 0, 2])
+        counted.clear()
+        stats = decoder.generate(prompt, 20, "auto", temperature=1.0, generator=torch.Generator().manual_seed(0))[1]
+        assert stats["drafted_per_block"][:5] == [first, 0, 1, 0, 2]
+        assert counted == stats["drafted_per_block"][1:]
 
 
 def test_acceptance_counts_by_hand():
@@ -1138,12 +1166,14 @@ def assert_decoders_agree(reference: SpeculativeDecoder, other: SpeculativeDecod
 
 
 def test_chunked_prefill_compiled_blocks_and_catch_up_give_the_eager_tokens(monkeypatch):
-    """The CPU-visible part of tests/test_gpu.py's recorded decoders: compiled blocks (the "eager"
-    backend traces as inductor does), prefills in chunks of 8 slots (what a recording replays),
-    the draft caught up after plain steps of gamma "auto", argmax drafting and a shortlist head
-    give the same tokens and blocks as the plain eager decoder, on the same random numbers."""
+    """The CPU-visible part of tests/test_gpu.py's recorded decoders: compiled blocks and compiled
+    sampling (the "eager" backend traces as inductor does, and fullgraph=True fails at any break),
+    prefills in chunks of 8 slots (what a recording replays), the draft caught up after plain
+    steps of gamma "auto", argmax drafting and a shortlist head give the same tokens and blocks as
+    the plain eager decoder, on the same random numbers."""
     import torch._dynamo
     from fast_decode import compile_blocks
+    from speculative import Sampler
     prompts = [[1, 5, 9], [1, 7, 3, 2, 8, 4, 6], [3], [1] + [3, 4] * 9]
     shortlist = list(range(0, 32, 2))
 
@@ -1160,6 +1190,14 @@ def test_chunked_prefill_compiled_blocks_and_catch_up_give_the_eager_tokens(monk
         for mode, auto, short in (("argmax", False, False), ("sample", True, False), ("sample", False, True)):
             fast = SpeculativeDecoder(*pair(True, short), 48)
             fast.steps.prefill_chunk = 8
+            fast.sampler = Sampler("eager")
             assert_decoders_agree(SpeculativeDecoder(*pair(False, short), 48), fast, prompts, mode, auto, monkeypatch)
+        # plain decoding's compiled sampling, with top-k and top-p (a sort) in the traced function
+        target = pair(False, False)[0]
+        plain, fast_plain = Decoder(target, len(prompts), 48), Decoder(target, len(prompts), 48)
+        fast_plain.sampler = Sampler("eager")
+        runs = [decoder.generate(prompts, 10, 0.8, 5, 0.9, generator=torch.Generator().manual_seed(2))
+                for decoder in (plain, fast_plain)]
+        assert runs[0] == runs[1]
     finally:
         torch._dynamo.reset()

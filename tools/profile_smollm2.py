@@ -6,9 +6,10 @@ SmolLM2-135M and a draft (--draft: a model preset, or cut:N for SmolLM2's own sh
 train.py --init-layers N) with random bf16 weights on the decode path fused+compile+graphs, 256
 tokens in the caches: each piece of one speculative block (gamma 4) recorded as a CUDA graph and
 replayed alone (GPU ms), with its kernel count from torch.profiler (run without the graph); the
-whole block and the plain decoder's step as the decoders record them, at T=0 (argmaxes) and T=1;
-both replayed with a synchronisation after each, as the decoders run them; and the two
-decoders' own loops on one prompt in the same process. --shortlist K gives the draft a head over
+whole block and the plain decoder's step as the decoders record them, at T=0 (argmaxes) and T=1,
+the sampling compiled as this path runs it (speculative.Sampler) and, at T=1, eager; both
+replayed with a synchronisation after each, as the decoders run them; and the two decoders' own
+loops on one prompt in the same process. --shortlist K gives the draft a head over
 K tokens (fast_decode.shortlist_head). Needs a CUDA GPU; no download.
 Recorded in results/bench/profile_smollm2*.log (one H100) and results/smollm2-gpu/profile.log (one H200).
 """
@@ -75,7 +76,7 @@ def block_pieces(draft_name: str = "smollm2-draft-4l", shortlist: int | None = N
     import torch
 
     import fast_decode
-    from speculative import Decoder, SpeculativeDecoder, decode_step, sample, sample_probs, verify
+    from speculative import EAGER, Decoder, Sampler, SpeculativeDecoder, decode_step, sample_token, verify_draws
     torch.set_grad_enabled(False)                 # inference only, as under torch.no_grad()
     target, draft = random_model("smollm2-135m"), random_model(draft_name)
     if shortlist:
@@ -93,7 +94,6 @@ def block_pieces(draft_name: str = "smollm2-draft-4l", shortlist: int | None = N
     logits_5 = torch.randn(GAMMA + 1, V, device="cuda", dtype=torch.bfloat16)
     draft_tokens = torch.randint(0, V, (GAMMA,), device="cuda")
     draft_probs = torch.softmax(torch.randn(GAMMA, V, device="cuda"), -1)
-    target_probs = torch.softmax(torch.randn(GAMMA + 1, V, device="cuda"), -1)
 
     def model_call(name, model, n):
         tokens = torch.randint(0, V, (1, n), device="cuda")
@@ -105,10 +105,15 @@ def block_pieces(draft_name: str = "smollm2-draft-4l", shortlist: int | None = N
         "target verify (5 tokens)": model_call("target", target, GAMMA + 1),
         "draft step (1 token)": model_call("draft", draft, 1),
         "draft first step (2 tokens)": model_call("draft", draft, 2),
-        "sampling one token, T=1 (softmax + draw)": lambda: sample(sample_probs(logits_1, 1.0), generator),
-        "target probabilities, 5 rows, T=1": lambda: sample_probs(logits_5, 1.0),
-        "acceptance test + residual draw": lambda: verify(draft_tokens, draft_probs, target_probs, generator),
     }
+    # The sampling pieces as this path runs them (compiled: speculative.Sampler) and eagerly.
+    for sampler, suffix in ((Sampler("inductor"), ""), (EAGER, ", eager")):
+        pieces.update({
+            f"sampling one token, T=1 (softmax + draw){suffix}": lambda s=sampler: sample_token(
+                logits_1, (1.0, None, None), generator, s),
+            f"target probabilities (5 rows), acceptance test, residual draw, T=1{suffix}": lambda s=sampler: s.verify(
+                draft_tokens, draft_probs, logits_5, *verify_draws(logits_5, generator), (1.0, None, None)),
+        })
     print(f"\n(a) SmolLM2-135M + {draft_name}, fused+compile+graphs, random bf16 weights, {CONTEXT} "
           f"tokens in the caches; each piece recorded and replayed alone")
     print("| piece | kernels | GPU ms (graph replay) |\n|---|---|---|")
@@ -116,54 +121,71 @@ def block_pieces(draft_name: str = "smollm2-draft-4l", shortlist: int | None = N
     for name, fn in pieces.items():
         ms[name] = gpu_ms(fn)
         print(f"| {name} | {kernels_per_call(fn)} | {ms[name]:.3f} |", flush=True)
-    # The whole block and the plain step, as the decoders record them.
-    speculative = SpeculativeDecoder(target, draft, slots, graphs=True)
-    speculative.tokens[0, :CONTEXT] = fill[0]
-    speculative.length.fill_(CONTEXT)
-    plain_decoder = Decoder(target, 1, slots, graphs=True)
-    plain_decoder.tokens[0, :CONTEXT] = fill[0]
+    # The whole block and the plain step, as the decoders record them on this path (sampling
+    # compiled, speculative.Sampler), and at T=1 also with the sampling left eager.
+    decoders = {}
+    for compiled in (True, False):
+        speculative = SpeculativeDecoder(target, draft, slots, graphs=True, compile_sampling=compiled)
+        speculative.tokens[0, :CONTEXT] = fill[0]
+        plain_decoder = Decoder(target, 1, slots, graphs=True, compile_sampling=compiled)
+        plain_decoder.tokens[0, :CONTEXT] = fill[0]
+        decoders[compiled] = speculative, plain_decoder
     wholes, synced = {}, {}
-    for temperature in (0.0, 1.0):    # at T=0 the decoders take argmaxes (speculative.verify_greedy)
-        sampling = (temperature, None, None)
+    for temperature, compiled in ((0.0, True), (1.0, True), (1.0, False)):  # T=0 takes argmaxes: nothing to compile
+        speculative, plain_decoder = decoders[compiled]
+        sampling, label = (temperature, None, None), f"T={temperature:g}" + ("" if compiled else ", eager sampling")
         block = lambda: (speculative.length.fill_(CONTEXT), speculative.block(GAMMA, sampling, generator))  # noqa: E731
-        step = lambda: (plain_decoder.length.fill_(CONTEXT), decode_step(plain_decoder.model, plain_decoder.tokens, plain_decoder.cache, plain_decoder.length, sampling, generator))  # noqa: E731
-        wholes[temperature] = gpu_ms(block), gpu_ms(step)
-        print(f"| one whole block (gamma {GAMMA}), T={temperature:g} | {kernels_per_call(block)} | "
-              f"{wholes[temperature][0]:.3f} |")
-        print(f"| one plain decoding step (Decoder.step), T={temperature:g} | {kernels_per_call(step)} | "
-              f"{wholes[temperature][1]:.3f} |")
-        synced[temperature] = synced_ms(block), synced_ms(step)
-    for temperature, ((block_wall, block_launch), (step_wall, step_launch)) in synced.items():
-        print(f"T={temperature:g}, replayed with a synchronisation after each (as the decoders run them): "
+        step = lambda: (plain_decoder.length.fill_(CONTEXT), decode_step(plain_decoder.model, plain_decoder.tokens, plain_decoder.cache, plain_decoder.length, sampling, generator, plain_decoder.sampler))  # noqa: E731
+        wholes[label] = gpu_ms(block), gpu_ms(step)
+        print(f"| one whole block (gamma {GAMMA}), {label} | {kernels_per_call(block)} | {wholes[label][0]:.3f} |")
+        print(f"| one plain decoding step (Decoder.step), {label} | {kernels_per_call(step)} | {wholes[label][1]:.3f} |")
+        synced[label] = synced_ms(block), synced_ms(step)
+    for label, ((block_wall, block_launch), (step_wall, step_launch)) in synced.items():
+        print(f"{label}, replayed with a synchronisation after each (as the decoders run them): "
               f"block {block_wall:.3f} ms (launch {block_launch:.3f} ms of host time), plain step "
               f"{step_wall:.3f} ms (launch {step_launch:.3f}); block / plain step {block_wall / step_wall:.2f}")
     # The same recordings in the decoders' own loops, same process, same caches: a prompt of
-    # CONTEXT - 64 tokens, 64 new ones; wall time of the whole call (its recorded prefill
-    # included) per block and per plain step.
-    prompt, n_new = fill[0, : CONTEXT - 64].tolist(), 64
-    for temperature in (0.0, 1.0):
+    # CONTEXT - 96 tokens, then the time of a call with SHORT new tokens subtracted from one with
+    # LONG, per block and per plain step, so that what a call pays once (its recorded prefill,
+    # the copies in and out) is not shared among its blocks -- at T=1 a block keeps more tokens
+    # than at T=0, so a call has fewer blocks to share it.
+    prompt, short, long = fill[0, : CONTEXT - 96].tolist(), 16, 80
+    loops = {}
+    for temperature, compiled in ((0.0, True), (1.0, True), (1.0, False)):
+        speculative, plain_decoder = decoders[compiled]
+        label = f"T={temperature:g}" + ("" if compiled else ", eager sampling")
         speculative.generate(prompt, 8, GAMMA, temperature)                  # records what is new
         plain_decoder.generate([prompt], 8, temperature)
-        torch.cuda.synchronize()
-        started = time.perf_counter()
-        blocks = len(speculative.generate(prompt, n_new, GAMMA, temperature)[1]["accepted_per_block"])
-        block_ms = (time.perf_counter() - started) * 1e3 / blocks            # generate synchronises at its end
-        started = time.perf_counter()
-        plain_decoder.generate([prompt], n_new, temperature)
-        step_ms = (time.perf_counter() - started) * 1e3 / n_new
-        print(f"T={temperature:g}, in the decoders' loops ({len(prompt)}-token prompt, {n_new} new tokens, "
-              f"{blocks} blocks): {block_ms:.3f} ms per block, {step_ms:.3f} per plain step; "
-              f"block / plain step {block_ms / step_ms:.2f}")
-    whole = wholes[1.0][0]
+        per_block, per_step = [], []
+        for _ in range(5):                                                   # the median of 5
+            seconds, blocks = {}, {}
+            for n_new in (short, long):
+                torch.cuda.synchronize()
+                started = time.perf_counter()
+                blocks[n_new] = len(speculative.generate(prompt, n_new, GAMMA, temperature)[1]["accepted_per_block"])
+                seconds[n_new] = time.perf_counter() - started                # generate synchronises at its end
+                started = time.perf_counter()
+                plain_decoder.generate([prompt], n_new, temperature)
+                seconds["plain", n_new] = time.perf_counter() - started
+            per_block.append((seconds[long] - seconds[short]) * 1e3 / (blocks[long] - blocks[short]))
+            per_step.append((seconds["plain", long] - seconds["plain", short]) * 1e3 / (long - short))
+        loops[label] = sorted(per_block)[2], sorted(per_step)[2]
+        print(f"{label}, in the decoders' loops ({len(prompt)}-token prompt, {long} against {short} new tokens): "
+              f"{loops[label][0]:.3f} ms per block, {loops[label][1]:.3f} per plain step; "
+              f"block / plain step {loops[label][0] / loops[label][1]:.2f}")
+    for where, times in (("as recorded", wholes), ("in the loops", loops)):
+        print(f"T=1 block / T=0 block, {where}: {times['T=1'][0] / times['T=0'][0]:.3f} "
+              f"({times['T=1, eager sampling'][0] / times['T=0'][0]:.3f} with eager sampling)")
+    whole = wholes["T=1"][0]
     parts = (ms["draft first step (2 tokens)"] + (GAMMA - 1) * ms["draft step (1 token)"]
              + GAMMA * ms["sampling one token, T=1 (softmax + draw)"] + ms["target verify (5 tokens)"]
-             + ms["target probabilities, 5 rows, T=1"] + ms["acceptance test + residual draw"])
+             + ms["target probabilities (5 rows), acceptance test, residual draw, T=1"])
     plain = ms["target step (1 token)"] + ms["sampling one token, T=1 (softmax + draw)"]
     print(f"sum of the block's pieces {parts:.3f} ms; plain token (step + sampling) {plain:.3f} ms; "
           f"block / plain token {whole / plain:.2f}: the block efficiency tau at which speculative decoding "
           f"breaks even; 2x needs tau {2 * whole / plain:.2f}")
-    for temperature, (block_ms, step_ms) in wholes.items():
-        print(f"T={temperature:g}, as the decoders record them: block / plain step {block_ms / step_ms:.2f}; "
+    for label, (block_ms, step_ms) in wholes.items():
+        print(f"{label}, as the decoders record them: block / plain step {block_ms / step_ms:.2f}; "
               f"2x needs tau {2 * block_ms / step_ms:.2f}")
     layers = target.config.n_layers
     print(f"target: {layers} layers, {ms['target step (1 token)'] / layers * 1e3:.1f} us per layer per step; "
