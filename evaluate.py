@@ -36,8 +36,8 @@ from checkpoints import DTYPES, load_model
 from common import check_output, differences, parse_list, parse_named_paths, run_cli, write_atomically
 from data import load_jsonl_prompts
 from model import Llama, count_params
-from speculative import (Decoder, SpeculativeDecoder, check_context, check_draft_mode, check_pair, check_sampling,
-                         decoder_slots, timed_plain_run, warm_up)
+from speculative import (MAX_AUTO_GAMMA, Decoder, SpeculativeDecoder, check_context, check_draft_mode, check_pair,
+                         check_sampling, decoder_slots, timed_plain_run, warm_up)
 from tokenizer import chat_prompt, check_vocab, load_tokenizer
 
 
@@ -114,7 +114,7 @@ def evaluate_pair(target: Llama, draft: Llama, prompts: list[list[int]], gammas:
     # measured once and reported under both names.
     measured_modes = ["sample"] if temperature == 0 and "sample" in draft_modes else list(draft_modes)
     fixed = [g for g in gammas if g != "auto"]
-    max_gamma = max(fixed, default=6)
+    max_gamma = max(fixed, default=MAX_AUTO_GAMMA)
     speculative = decoder or SpeculativeDecoder(
         target, draft, decoder_slots(target, draft, prompts, max_new_tokens, max_gamma), graphs, compile_sampling)
     sampling = (temperature, top_k, top_p)

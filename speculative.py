@@ -131,6 +131,7 @@ def check_context(model: Llama, n_positions: int, what: str) -> None:
 
 
 DRAFT_MODES = ("sample", "argmax")      # the paper's rejection rule; the engines' argmax drafting
+MAX_AUTO_GAMMA = 6                      # the largest gamma "auto" considers, unless told otherwise
 
 
 def check_draft_mode(draft_mode: str) -> None:
@@ -551,7 +552,7 @@ class SpeculativeDecoder:
 
     @torch.no_grad()
     def measure_costs(self, prompt: list[int], temperature: float = 1.0, top_k: int | None = None,
-                      top_p: float | None = None, draft_mode: str = "sample", max_gamma: int = 6,
+                      top_p: float | None = None, draft_mode: str = "sample", max_gamma: int = MAX_AUTO_GAMMA,
                       repeats: int = 5) -> dict:
         """Seconds of a plain step of the target and of a block of each gamma = 1..max_gamma on
         this machine, as the decode loop runs them (each followed by the host's read of its
@@ -761,7 +762,7 @@ def decoding_arguments(description: str) -> argparse.ArgumentParser:
                         help="draft tokens per block, or 'auto' (the default): before every block, the gamma "
                              "with the most expected tokens per second from this machine's measured step costs "
                              "and the acceptance so far, 0 (a plain step) if no block pays (PAPER.md 5.5)")
-    parser.add_argument("--max-gamma", type=int, default=6, help="the largest gamma 'auto' considers")
+    parser.add_argument("--max-gamma", type=int, default=MAX_AUTO_GAMMA, help="the largest gamma 'auto' considers")
     parser.add_argument("--draft-mode", default="sample", choices=DRAFT_MODES,
                         help="'sample': the draft samples and the rejection rule decides (PAPER.md 4.1); "
                              "'argmax': the draft proposes its argmax, kept while it equals the target's own "
