@@ -693,18 +693,20 @@ def block_stats(accepted_per_block: list[int], drafted_per_block: list[int], n_t
     given the first k-1 were accepted (PAPER.md 5.2).
     """
     blocks = len(accepted_per_block)
-    accepted = sum(accepted_per_block)
-    tests = sum(n + (n < drafted) for n, drafted in zip(accepted_per_block, drafted_per_block))
-    positions = range(1, max(drafted_per_block, default=0) + 1)
+    counts = AcceptanceCounts()                       # the per-position counts gamma "auto" keeps
+    for n_accepted, drafted in zip(accepted_per_block, drafted_per_block):
+        counts.add(n_accepted, drafted)
+    positions = max(drafted_per_block, default=0)     # positions drafted but never reached: 0 tests
+    tested_at, accepted_at = (c + [0] * (positions - len(c)) for c in (counts.tested, counts.accepted))
+    accepted, tests = sum(accepted_at), sum(tested_at)
     return {
         "block_efficiency": (accepted + blocks) / blocks if blocks else float("nan"),
         "acceptance_rate": accepted / tests if tests else float("nan"),
         "accepted_per_block": accepted_per_block,
         "drafted_per_block": drafted_per_block,
         "accept_tests": tests,
-        "tested_at": [sum(n >= k - 1 and drafted >= k for n, drafted in zip(accepted_per_block, drafted_per_block))
-                      for k in positions],
-        "accepted_at": [sum(n >= k for n in accepted_per_block) for k in positions],
+        "tested_at": tested_at,
+        "accepted_at": accepted_at,
         "target_calls": blocks,
         "draft_calls": sum(drafted_per_block),
         "new_tokens": n_tokens,
