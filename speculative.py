@@ -114,10 +114,12 @@ def sample_token(logits: torch.Tensor, sampling: tuple, generator: torch.Generat
     probability 1), without building that V-wide distribution or drawing V random numbers:
     on a GPU those are kernels of their own at every token, on a CPU the draw over 49,152 tokens
     costs more than the argmax many times over. Every other temperature samples sample_probs,
-    through `sampler` (Sampler.draw, compiled or not; by default the functions themselves)."""
+    through `sampler` (compiled or not; by default the functions themselves)."""
     if sampling[0] == 0:
         return logits.argmax(dim=-1)
-    return (sampler or EAGER).draw(logits, exponentials(logits, generator), sampling)[1]
+    sampler = sampler or EAGER
+    probs = sampler.probs(logits, *sampling)
+    return sampler.race(probs, exponentials(probs, generator))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,12 +247,11 @@ class Decoder:
 # Speculative decoding
 # ----------------------------------------------------------------------------------------------
 
-def verify_draws(target: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The random numbers of verify for the target's (gamma + 1, V) logits or probabilities:
-    u (gamma,) ~ U[0, 1), one per acceptance test, then the races (V,) ~ Exp(1) of the token
-    after the accepted ones."""
-    u = torch.rand(target.shape[0] - 1, device=target.device, generator=generator)
-    return u, exponentials(target[0], generator)
+def verify_draws(target_probs: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The random numbers of verify for target_probs (gamma + 1, V): u (gamma,) ~ U[0, 1), one per
+    acceptance test, then the races (V,) ~ Exp(1) of the token after the accepted ones."""
+    u = torch.rand(target_probs.shape[0] - 1, device=target_probs.device, generator=generator)
+    return u, exponentials(target_probs[0], generator)
 
 
 def verify(draft_tokens: torch.Tensor, draft_probs: torch.Tensor, target_probs: torch.Tensor, u: torch.Tensor,
@@ -335,10 +336,9 @@ def keep_matching(draft_tokens: torch.Tensor, target_tokens: torch.Tensor) -> tu
 
 
 class Sampler:
-    """What a decoder computes from logits between its model calls, given the random numbers it
-    drew for them: `draw` (sample_probs, then the race), `verify` and `verify_argmax` (the target's
-    sample_probs, then the rule). The functions themselves, or, with compile_backend (fast_decode's
-    GPU paths that compile), each one compiled by torch.compile.
+    """The arithmetic a decoder does between its model calls -- `sample_probs`, `race`, `verify`
+    and `verify_argmax` -- as the decoder calls it: the functions themselves, or, with
+    compile_backend (fast_decode's GPU paths that compile), each one compiled by torch.compile.
 
     Why compile them. On a GPU each tensor operation is a kernel of its own, and at T > 0 a block
     runs dozens of tiny ones beside its model calls: a softmax and an argmax over each of the
@@ -346,34 +346,15 @@ class Sampler:
     Recorded in a CUDA graph they cost no launches from the host, but each still runs, one after
     another, and a row's reduction runs on few of the GPU's cores. torch.compile fuses each function
     into a few kernels and splits a long row's reductions across the GPU (BENCHMARKS.md section 2
-    counts both). It cannot compile a draw from a torch.Generator, so the decoders draw the random
-    numbers first, in the order the functions use them: compiled or not, a step consumes the same
-    random numbers and computes the same thing, up to float rounding (tests/test_gpu.py compares
-    the two token for token)."""
+    has the counts and times). It cannot compile a draw from a torch.Generator, so the decoders
+    draw the random numbers first (`exponentials`, `verify_draws`), in the order the functions use
+    them: compiled or not, a step consumes the same random numbers and computes the same thing, up
+    to float rounding (tests/test_gpu.py compares the two token for token)."""
 
     def __init__(self, compile_backend: str | None = None):
-        for name in ("draw", "verify", "verify_argmax"):
-            function = getattr(Sampler, name)
-            setattr(self, name, torch.compile(function, fullgraph=True, backend=compile_backend)
-                    if compile_backend else function)
-
-    @staticmethod
-    def draw(logits: torch.Tensor, races: torch.Tensor, sampling: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-        """(probs, token): the processed distribution of logits (..., V) and one token per row, drawn by
-        the race on races (..., V) ~ Exp(1)."""
-        probs = sample_probs(logits, *sampling)
-        return probs, race(probs, races)
-
-    @staticmethod
-    def verify(draft_tokens: torch.Tensor, draft_probs: torch.Tensor, target_logits: torch.Tensor, u: torch.Tensor,
-               races: torch.Tensor, sampling: tuple, draft_vocab: torch.Tensor | None = None):
-        """verify() on p = sample_probs(target_logits) (gamma + 1, V)."""
-        return verify(draft_tokens, draft_probs, sample_probs(target_logits, *sampling), u, races, draft_vocab)
-
-    @staticmethod
-    def verify_argmax(draft_tokens: torch.Tensor, target_logits: torch.Tensor, races: torch.Tensor, sampling: tuple):
-        """verify_argmax() on p = sample_probs(target_logits) (gamma + 1, V)."""
-        return verify_argmax(draft_tokens, sample_probs(target_logits, *sampling), races)
+        wrap = (lambda fn: torch.compile(fn, fullgraph=True, backend=compile_backend)) if compile_backend else (lambda fn: fn)
+        self.probs, self.race = wrap(sample_probs), wrap(race)
+        self.verify, self.verify_argmax = wrap(verify), wrap(verify_argmax)
 
 
 EAGER = Sampler()      # the functions themselves: the CPU paths, and every test of them
@@ -437,7 +418,8 @@ class SpeculativeDecoder:
             if argmax:
                 x = draft_logits.argmax(dim=-1)                                     # x_i = argmax q_i, (1,)
             else:
-                q, x = self.sampler.draw(draft_logits, exponentials(draft_logits, generator), sampling)  # q_i, x_i ~ q_i
+                q = self.sampler.probs(draft_logits, *sampling)                     # q_i
+                x = self.sampler.race(q, exponentials(q, generator))                # x_i ~ q_i, (1,)
                 draft_probs.append(q)
             if draft_vocab is not None:
                 x = draft_vocab[x]
@@ -450,12 +432,14 @@ class SpeculativeDecoder:
         target_logits = self.target(target_input, self.target_cache, first - 1 + offsets)[0]   # (gamma + 1, V)
         if greedy:
             n_accepted, next_token = verify_greedy(draft_tokens, target_logits)
-        elif argmax:                         # p_i = sample_probs(target_logits), then verify_argmax
-            n_accepted, next_token = self.sampler.verify_argmax(draft_tokens, target_logits,
-                                                                exponentials(target_logits, generator), sampling)
-        else:                                # p_i = sample_probs(target_logits), then verify
-            n_accepted, next_token = self.sampler.verify(draft_tokens, torch.cat(draft_probs), target_logits,
-                                                         *verify_draws(target_logits, generator), sampling, draft_vocab)
+        else:
+            target_probs = self.sampler.probs(target_logits, *sampling)               # p_i, (gamma + 1, V)
+            if argmax:
+                n_accepted, next_token = self.sampler.verify_argmax(draft_tokens, target_probs,
+                                                                    exponentials(target_probs, generator))
+            else:
+                n_accepted, next_token = self.sampler.verify(draft_tokens, torch.cat(draft_probs), target_probs,
+                                                             *verify_draws(target_probs, generator), draft_vocab)
 
         # 3. Keep x_1..x_n and the next token; the sequence grows by n + 1.
         self.tokens.index_copy_(1, first + offsets[:gamma], draft_tokens[None])

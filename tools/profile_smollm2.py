@@ -94,6 +94,7 @@ def block_pieces(draft_name: str = "smollm2-draft-4l", shortlist: int | None = N
     logits_5 = torch.randn(GAMMA + 1, V, device="cuda", dtype=torch.bfloat16)
     draft_tokens = torch.randint(0, V, (GAMMA,), device="cuda")
     draft_probs = torch.softmax(torch.randn(GAMMA, V, device="cuda"), -1)
+    target_probs = torch.softmax(torch.randn(GAMMA + 1, V, device="cuda"), -1)
 
     def model_call(name, model, n):
         tokens = torch.randint(0, V, (1, n), device="cuda")
@@ -111,8 +112,9 @@ def block_pieces(draft_name: str = "smollm2-draft-4l", shortlist: int | None = N
         pieces.update({
             f"sampling one token, T=1 (softmax + draw){suffix}": lambda s=sampler: sample_token(
                 logits_1, (1.0, None, None), generator, s),
-            f"target probabilities (5 rows), acceptance test, residual draw, T=1{suffix}": lambda s=sampler: s.verify(
-                draft_tokens, draft_probs, logits_5, *verify_draws(logits_5, generator), (1.0, None, None)),
+            f"target probabilities, 5 rows, T=1{suffix}": lambda s=sampler: s.probs(logits_5, 1.0),
+            f"acceptance test + residual draw{suffix}": lambda s=sampler: s.verify(
+                draft_tokens, draft_probs, target_probs, *verify_draws(target_probs, generator)),
         })
     print(f"\n(a) SmolLM2-135M + {draft_name}, fused+compile+graphs, random bf16 weights, {CONTEXT} "
           f"tokens in the caches; each piece recorded and replayed alone")
@@ -179,7 +181,7 @@ def block_pieces(draft_name: str = "smollm2-draft-4l", shortlist: int | None = N
     whole = wholes["T=1"][0]
     parts = (ms["draft first step (2 tokens)"] + (GAMMA - 1) * ms["draft step (1 token)"]
              + GAMMA * ms["sampling one token, T=1 (softmax + draw)"] + ms["target verify (5 tokens)"]
-             + ms["target probabilities (5 rows), acceptance test, residual draw, T=1"])
+             + ms["target probabilities, 5 rows, T=1"] + ms["acceptance test + residual draw"])
     plain = ms["target step (1 token)"] + ms["sampling one token, T=1 (softmax + draw)"]
     print(f"sum of the block's pieces {parts:.3f} ms; plain token (step + sampling) {plain:.3f} ms; "
           f"block / plain token {whole / plain:.2f}: the block efficiency tau at which speculative decoding "
