@@ -346,8 +346,8 @@ def apply_decode_path(models: list[Llama], path: str) -> dict:
     compile their blocks or switch their linear layers where it asks for it; return the
     decoders' options for that path: {"graphs": bool, "compile_sampling": bool}. A GPU path that
     compiles the blocks compiles the decoders' sampling too (speculative.Sampler): there each of
-    its operations is a kernel. On a CPU its cost is its arithmetic and its random draws, which
-    compiling does not remove, so the CPU's compiled path leaves it as it is."""
+    its operations is a kernel of its own. On a CPU an operation costs its arithmetic, not a
+    launch, and the CPU's compiled path keeps the sampling eager."""
     if path not in DECODE_PATHS:
         raise ValueError(f"unknown decode path {path!r}; choose one of {DECODE_PATHS}")
     if path in GPU_PATHS and not all(model.device.type == "cuda" for model in models):

@@ -247,7 +247,8 @@ class Decoder:
 # Speculative decoding
 # ----------------------------------------------------------------------------------------------
 
-def verify_draws(target_probs: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def verify_draws(target_probs: torch.Tensor,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The random numbers of verify for target_probs (gamma + 1, V): u (gamma,) ~ U[0, 1), one per
     acceptance test, then the races (V,) ~ Exp(1) of the token after the accepted ones."""
     u = torch.rand(target_probs.shape[0] - 1, device=target_probs.device, generator=generator)
@@ -259,11 +260,11 @@ def verify(draft_tokens: torch.Tensor, draft_probs: torch.Tensor, target_probs: 
     """The rejection-sampling rule for one block (PAPER.md 4.1), entirely on the device.
 
     draft_tokens x_1..x_gamma (gamma,) with x_i ~ q_i; draft_probs q (gamma, V); target_probs
-    p (gamma + 1, V); u and races, the rule's random numbers (verify_draws). Returns (n_accepted, next_token), both 0-dim tensors: x_1..x_n are kept,
-    then next_token, the replacement for the first rejected token or, if all gamma were
-    accepted, a bonus token from p_{gamma+1}. draft_vocab: for a draft over a shortlist S of the
-    vocabulary (fast_decode.ShortlistHead), the sorted token ids (K,) that draft_probs (gamma, K)
-    are over; q is 0 outside S (PAPER.md 4.3).
+    p (gamma + 1, V); u and races, the rule's random numbers (verify_draws). Returns (n_accepted,
+    next_token), both 0-dim tensors: x_1..x_n are kept, then next_token, the replacement for the
+    first rejected token or, if all gamma were accepted, a bonus token from p_{gamma+1}.
+    draft_vocab: for a draft over a shortlist S of the vocabulary (fast_decode.ShortlistHead), the
+    sorted token ids (K,) that draft_probs (gamma, K) are over; q is 0 outside S (PAPER.md 4.3).
 
         accept x_i with probability min(1, p_i(x_i) / q_i(x_i)), in order, until one fails;
         the token after the n accepted ones ~ norm(max(p_{n+1} - q_{n+1}, 0)),  q_{gamma+1} := 0.
@@ -352,7 +353,8 @@ class Sampler:
     to float rounding (tests/test_gpu.py compares the two token for token)."""
 
     def __init__(self, compile_backend: str | None = None):
-        wrap = (lambda fn: torch.compile(fn, fullgraph=True, backend=compile_backend)) if compile_backend else (lambda fn: fn)
+        def wrap(function):
+            return torch.compile(function, fullgraph=True, backend=compile_backend) if compile_backend else function
         self.probs, self.race = wrap(sample_probs), wrap(race)
         self.verify, self.verify_argmax = wrap(verify), wrap(verify_argmax)
 

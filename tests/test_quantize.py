@@ -70,7 +70,8 @@ def test_quantize_weights_replaces_the_blocks_linears_and_keeps_the_embedding_an
     as few-row products): the logits that decide every token are not rounded to bfloat16."""
     model = random_model(0, vocab_size=32)
     embedding, head = model.tok_embeddings.weight.clone(), model.output.weight.clone()
-    fast_decode.apply_decode_path([model], path)
+    # a CPU path: no recorded steps, and the decoders keep their sampling eager
+    assert fast_decode.apply_decode_path([model], path) == {"graphs": False, "compile_sampling": False}
     assert sum(isinstance(m, QuantizedLinear) for m in model.modules()) == 7 * model.config.n_layers
     assert not any(type(m) is nn.Linear for m in model.layers.modules())
     assert type(model.output) is fast_decode.FewRowLinear and torch.equal(model.output.weight, head)

@@ -1029,8 +1029,8 @@ def test_auto_gamma_learns_the_loops_costs():
 
 def test_auto_gamma_leaves_the_first_iterations_time_out_of_its_costs(monkeypatch):
     """The first iteration of a call waits for the prompt's prefill too (start() launches it on a
-    GPU without waiting): counted as a step's cost, it would make whichever step comes first look
-    several times dearer, at every call. Every later iteration is counted, plain steps too."""
+    GPU without waiting): counted as a step's cost, it would price the prefill into whichever step
+    comes first, at every call. Every later iteration is counted, plain steps too."""
     target = random_model(0, vocab_size=32)
     prompt = [3, 1, 4]
     decoder = SpeculativeDecoder(target, perturbed_copy(target, 0.5), decoder_slots(target, target, [prompt], 20, 2))
