@@ -284,6 +284,7 @@ def section_pair(args) -> dict:
     for path in args.paths.split(","):
         target = load_model(args.target, device, dtype)
         draft = load_model(args.draft, device, dtype, base=args.target)
+        params = (count_params(target), count_params(draft))    # before a quantized path makes weights buffers
         options = fast_decode.apply_decode_path([target, draft], path)
         speculative = SpeculativeDecoder(target, draft, decoder_slots(target, draft, prompts, n_new, args.gamma), **options)
         plain = Decoder(target, 1, decoder_slots(target, None, prompts, n_new), **options)
@@ -302,7 +303,7 @@ def section_pair(args) -> dict:
             tau = sum(taus) / len(taus)
             row = {"path": path, "temperature": temperature, "plain_tokens_per_s": len(prompts) * n_new / plain_s,
                    "speculative_tokens_per_s": len(prompts) * n_new / spec_s, "tau": tau,
-                   "mbsu": memory_bound_speedup(count_params(target), count_params(draft), tau, args.gamma)}
+                   "mbsu": memory_bound_speedup(*params, tau, args.gamma)}
             row["speedup"] = row["speculative_tokens_per_s"] / row["plain_tokens_per_s"]
             results["ours"].append(row)
             print(f"| {path} | {temperature:g} | {row['plain_tokens_per_s']:.1f} | {row['speculative_tokens_per_s']:.1f} | "

@@ -37,7 +37,7 @@ from common import check_output, differences, parse_list, parse_named_paths, run
 from data import load_jsonl_prompts
 from model import Llama, count_params
 from speculative import (MAX_AUTO_GAMMA, Decoder, SpeculativeDecoder, check_context, check_draft_mode, check_pair,
-                         check_sampling, decoder_slots, timed_plain_run, warm_up)
+                         check_sampling, decoder_slots, measured_draft_mode, timed_plain_run, warm_up)
 from tokenizer import chat_prompt, check_vocab, load_tokenizer
 
 
@@ -112,7 +112,7 @@ def evaluate_pair(target: Llama, draft: Llama, prompts: list[list[int]], gammas:
     device = target.device
     # At temperature 0 both draft modes are verify_greedy (PAPER.md 4.2): the same computation,
     # measured once and reported under both names.
-    measured_modes = ["sample"] if temperature == 0 and "sample" in draft_modes else list(draft_modes)
+    measured_modes = list(dict.fromkeys(measured_draft_mode(temperature, mode) for mode in draft_modes))
     fixed = [g for g in gammas if g != "auto"]
     max_gamma = max(fixed, default=MAX_AUTO_GAMMA)
     speculative = decoder or SpeculativeDecoder(

@@ -1,14 +1,17 @@
 """
 fast_decode.py: what makes decoding fast on a GPU, kept apart so model.py and speculative.py
-read without it. Nothing here changes WHAT is computed, only how many kernels it takes and how
-they are launched; tests/test_gpu.py checks every path against eager decoding.
+read without it. Nothing here changes WHAT is computed beyond float rounding, only how many
+kernels it takes and how they are launched (the quantized paths of quantize.py are another model);
+tests/test_gpu.py checks every GPU path against eager decoding.
 
 Why decoding needs this. A decode step at batch 1 reads every weight once and does a few FLOPs
 per byte, and it is made of hundreds of small kernels (30 layers x ~15 for SmolLM2). Launched one
 by one from Python, each costs the CPU a few microseconds, which at these sizes is longer than the
 GPU needs to run it: the GPU waits for the CPU. Three remedies, each optional:
   fuse_projections  wq/wk/wv and w1/w3 of every layer as one matrix each: fewer, larger products.
-  compile_blocks    torch.compile fuses the element-wise work (norms, RoPE, SwiGLU) of each block.
+  compile_blocks    torch.compile fuses the element-wise work (norms, RoPE, SwiGLU) of each block;
+                    the GPU paths that compile give the decoders compiled sampling as well
+                    (speculative.Sampler, apply_decode_path's compile_sampling).
   CudaGraph         records a whole step -- a model call AND its sampling and bookkeeping -- once,
                     then replays it with one launch. speculative.py writes its steps so that they
                     can be recorded: every input and output lives at a fixed address on the device

@@ -30,7 +30,9 @@ it, not all of it), and so does the LM head, taken as few-row products (fast_dec
 its logits decide every token, and in bfloat16 they come out in steps of 1/8 around 20, so that
 the likeliest tokens tie, and a tie falls one way or the other with the number of tokens a pass
 scores (the kernels accumulate in another order): greedy speculative decoding would then depend
-on gamma. For decoding only: training needs float32.
+on gamma at every tie. A float32 head removes those ties; the blocks' products still come back
+rounded to bfloat16, differently for 1 and for gamma + 1 tokens, so a near-tie can still fall
+either way (BENCHMARKS.md section 4 counts how often). For decoding only: training needs float32.
 """
 
 import torch

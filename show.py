@@ -246,9 +246,10 @@ def main(argv: list[str] | None = None) -> None:
     texts = token_texts(tok.decode, classes, tok.stop_ids)
     print(render_terminal(classes, texts, blocks, color=not args.no_color and "NO_COLOR" not in os.environ))
     print(summary_line(stats))
-    # A checkpoint's name: its file or directory, or the run's directory for train.py's .../model
-    name = lambda path: os.path.basename(os.path.dirname(os.path.normpath(path)) if os.path.basename(  # noqa: E731
-        os.path.normpath(path)) == "model" else os.path.normpath(path))
+    def name(path: str) -> str:     # a checkpoint's file or directory; the run's for train.py's .../model
+        path = os.path.normpath(path)
+        return os.path.basename(os.path.dirname(path) if os.path.basename(path) == "model" else path)
+
     cut = "".join(f", {flag} {value:g}" for flag, value in (("top-k", args.top_k), ("top-p", args.top_p)) if value)
     title = (f"target {name(args.target)}, draft {name(args.draft)}: gamma {args.gamma}, T {args.temperature:g}{cut}, "
              f"{args.draft_mode} drafts, seed {args.seed}; tau {stats['block_efficiency']:.2f}")

@@ -617,11 +617,8 @@ def update_cost(costs: dict, gamma: int, seconds: float, weight: float) -> None:
     running average over the last 1 / weight iterations of each gamma follows what the loop
     really costs; an observation counts for at most twice the estimate, so that one pause of the
     machine (a garbage collection, another process) cannot price a gamma out for long."""
-    if gamma == 0:
-        costs["plain"] += weight * (min(seconds, 2 * costs["plain"]) - costs["plain"])
-    else:
-        blocks = costs["block"]
-        blocks[gamma] += weight * (min(seconds, 2 * blocks[gamma]) - blocks[gamma])
+    table, key = (costs, "plain") if gamma == 0 else (costs["block"], gamma)
+    table[key] += weight * (min(seconds, 2 * table[key]) - table[key])
 
 
 class AcceptanceCounts:
@@ -816,7 +813,7 @@ def load_for_decoding(args) -> SimpleNamespace:
     sampling = (args.temperature, args.top_k, args.top_p)
     if gamma == "auto":   # untimed, like every warm-up: records and compiles each block on the way
         decoder.measure_costs(prompt, *sampling, args.draft_mode, max_gamma)
-    return SimpleNamespace(tok=tok, prompt=prompt, target=target, draft=draft, decoder=decoder, sampling=sampling,
+    return SimpleNamespace(tok=tok, prompt=prompt, target=target, decoder=decoder, sampling=sampling,
                            gamma=gamma, options=options, params=params)
 
 

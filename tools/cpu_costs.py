@@ -87,8 +87,9 @@ def drafts(args) -> None:
             config = (replace(get_config("smollm2-135m"), n_layers=int(name[4:])) if name.startswith("cut:")
                       else get_config(name))
             model = Llama(config).eval()
+            params = count_params(model)          # before a quantized path makes weights buffers
             apply_decode_path([model], path)
-            print(f"{path:>15} {name} ({count_params(model) / 1e6:.1f}M): 1-token step {pass_ms(model, 1):.1f} ms, "
+            print(f"{path:>15} {name} ({params / 1e6:.1f}M): 1-token step {pass_ms(model, 1):.1f} ms, "
                   f"again {pass_ms(model, 1):.1f} ms")
 
 

@@ -76,6 +76,7 @@ def block_pieces(draft_name: str = "smollm2-draft-4l", shortlist: int | None = N
     import torch
 
     import fast_decode
+    from bench import wall_time
     from speculative import EAGER, Decoder, Sampler, SpeculativeDecoder, decode_step, sample_token, verify_draws
     torch.set_grad_enabled(False)                 # inference only, as under torch.no_grad()
     target, draft = random_model("smollm2-135m"), random_model(draft_name)
@@ -132,10 +133,12 @@ def block_pieces(draft_name: str = "smollm2-draft-4l", shortlist: int | None = N
         plain_decoder = Decoder(target, 1, slots, graphs=True, compile_sampling=compiled)
         plain_decoder.tokens[0, :CONTEXT] = fill[0]
         decoders[compiled] = speculative, plain_decoder
+    # label -> (temperature, sampling compiled); T=0 takes argmaxes, with nothing to compile
+    cases = {"T=0": (0.0, True), "T=1": (1.0, True), "T=1, eager sampling": (1.0, False)}
     wholes, synced = {}, {}
-    for temperature, compiled in ((0.0, True), (1.0, True), (1.0, False)):  # T=0 takes argmaxes: nothing to compile
+    for label, (temperature, compiled) in cases.items():
         speculative, plain_decoder = decoders[compiled]
-        sampling, label = (temperature, None, None), f"T={temperature:g}" + ("" if compiled else ", eager sampling")
+        sampling = (temperature, None, None)
         block = lambda: (speculative.length.fill_(CONTEXT), speculative.block(GAMMA, sampling, generator))  # noqa: E731
         step = lambda: (plain_decoder.length.fill_(CONTEXT), decode_step(plain_decoder.model, plain_decoder.tokens, plain_decoder.cache, plain_decoder.length, sampling, generator, plain_decoder.sampler))  # noqa: E731
         wholes[label] = gpu_ms(block), gpu_ms(step)
@@ -153,22 +156,20 @@ def block_pieces(draft_name: str = "smollm2-draft-4l", shortlist: int | None = N
     # than at T=0, so a call has fewer blocks to share it.
     prompt, short, long = fill[0, : CONTEXT - 96].tolist(), 16, 80
     loops = {}
-    for temperature, compiled in ((0.0, True), (1.0, True), (1.0, False)):
+    for label, (temperature, compiled) in cases.items():
         speculative, plain_decoder = decoders[compiled]
-        label = f"T={temperature:g}" + ("" if compiled else ", eager sampling")
         speculative.generate(prompt, 8, GAMMA, temperature)                  # records what is new
         plain_decoder.generate([prompt], 8, temperature)
         per_block, per_step = [], []
+
+        def run_speculative(n_new):
+            blocks[n_new] = len(speculative.generate(prompt, n_new, GAMMA, temperature)[1]["accepted_per_block"])
+
         for _ in range(5):                                                   # the median of 5
             seconds, blocks = {}, {}
             for n_new in (short, long):
-                torch.cuda.synchronize()
-                started = time.perf_counter()
-                blocks[n_new] = len(speculative.generate(prompt, n_new, GAMMA, temperature)[1]["accepted_per_block"])
-                seconds[n_new] = time.perf_counter() - started                # generate synchronises at its end
-                started = time.perf_counter()
-                plain_decoder.generate([prompt], n_new, temperature)
-                seconds["plain", n_new] = time.perf_counter() - started
+                seconds[n_new] = wall_time(lambda: run_speculative(n_new))
+                seconds["plain", n_new] = wall_time(lambda: plain_decoder.generate([prompt], n_new, temperature))
             per_block.append((seconds[long] - seconds[short]) * 1e3 / (blocks[long] - blocks[short]))
             per_step.append((seconds["plain", long] - seconds["plain", short]) * 1e3 / (long - short))
         loops[label] = sorted(per_block)[2], sorted(per_step)[2]
