@@ -96,6 +96,12 @@ def test_graphed_argmax_drafting_auto_gamma_and_a_shortlist_match_eager(compile,
         assert_decoders_agree(SpeculativeDecoder(*eager_pair, SLOTS), SpeculativeDecoder(*fast_pair, SLOTS, graphs=True, compile_sampling=compile),
                               PROMPTS, mode, auto, monkeypatch)
 
+def test_gpu_paths_record_their_steps_and_the_compiling_ones_compile_the_sampling():
+    from fast_decode import GPU_PATHS, apply_decode_path
+    for path in GPU_PATHS:
+        assert apply_decode_path([random_model(0).cuda()], path) == {"graphs": True, "compile_sampling": "compile" in path}
+
+
 def test_a_dead_graph_collected_during_a_capture_does_not_break_it():
     # The evaluation's failure, made deterministic: a recorded graph that only the cyclic
     # collector can free (as a decoder's recordings are), and a collection that runs while the

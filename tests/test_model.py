@@ -369,7 +369,7 @@ def test_shortlist_head_computes_the_shortlisted_logits_only(path):
     with torch.no_grad():
         full = model(tokens)
         shortlist_head(model, shortlist)
-        apply_decode_path([model], path)
+        assert apply_decode_path([model], path) == {"graphs": False, "compile_sampling": False}
         assert isinstance(model.output, ShortlistHead)
         assert model.output.token_ids.tolist() == kept
         assert (type(model.output.proj) is FewRowLinear) == (path == "few-row-matmuls")

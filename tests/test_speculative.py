@@ -23,6 +23,7 @@ The models are tiny, so one CPU thread is faster than two (thread wake-ups cost 
 arithmetic); the whole file runs in about 15 s.
 """
 
+import collections
 import copy
 import math
 
@@ -775,6 +776,9 @@ def test_block_stats_by_hand():
     # the 2 blocks that accepted the 1st, accepted in both; the 3rd tested in 2, accepted in 1.
     assert (stats["tested_at"], stats["accepted_at"]) == ([3, 2, 2], [2, 2, 1])
     assert (short["tested_at"], short["accepted_at"]) == ([2, 1, 1], [2, 1, 0])   # the short block: 1 test
+    # positions drafted but never reached (a rejection at the 1st) count 0 tests, not nothing
+    assert (block_stats([0], [3], 1, 0.1)["tested_at"], block_stats([0], [3], 1, 0.1)["accepted_at"]) == ([1, 0, 0],
+                                                                                                         [0, 0, 0])
 
 
 def test_predicted_block_efficiency_by_hand():
@@ -1025,6 +1029,8 @@ def test_auto_gamma_learns_the_loops_costs():
     assert set(stats["drafted_per_block"]) == {2}                # gamma 2: more tokens for the same cost
     assert costs["plain"] == 10.0 and costs["block"][1] == 1.0   # never run, never moved
     assert costs["block"][2] < (7 / 8) ** 5                      # moved down at every block but the first
+    n = len(stats["blocks"])       # each move takes 1/8 of the way to a time of about a millisecond, not 0
+    assert (7 / 8) ** (n - 1) <= costs["block"][2] < (7 / 8) ** (n - 1) + 0.05
 
 
 def test_auto_gamma_leaves_the_first_iterations_time_out_of_its_costs(monkeypatch):
@@ -1058,6 +1064,41 @@ def test_acceptance_counts_by_hand():
                                               (0 + m * overall) / (1 + m), overall])
     # Optimistic: each plus sqrt(a (1 - a) / (all 5 tests + m)).
     assert counts.optimistic_alphas(4) == pytest.approx([a + math.sqrt(a * (1 - a) / (5 + m)) for a in counts.alphas(4)])
+
+
+def test_the_decoders_do_all_their_sampling_through_their_sampler():
+    """Every sample_probs, race, verify and verify_argmax of a step goes through the decoder's
+    Sampler, so that compiling the Sampler compiles all of a step's sampling."""
+    from speculative import Sampler
+    calls = collections.Counter()
+    counting = Sampler()
+    for name in ("probs", "race", "verify", "verify_argmax"):
+        function = getattr(counting, name)
+        setattr(counting, name, lambda *args, name=name, function=function: calls.update([name]) or function(*args))
+    target = random_model(0, vocab_size=32)
+    speculative, plain = SpeculativeDecoder(target, perturbed_copy(target, 0.5), 48), Decoder(target, 1, 48)
+    speculative.sampler = plain.sampler = counting
+    speculative.generate([3, 1, 4], 1, 3, 1.0)             # one block: 3 draft draws, the target's p, the rule
+    assert calls == {"probs": 4, "race": 3, "verify": 1}
+    calls.clear()
+    speculative.generate([3, 1, 4], 1, 3, 1.0, draft_mode="argmax")
+    assert calls == {"probs": 1, "verify_argmax": 1}
+    calls.clear()
+    plain.generate([[3, 1, 4]], 2, 1.0)
+    assert calls == {"probs": 2, "race": 2}
+
+
+def test_generate_chooses_gamma_from_the_optimistic_alphas(monkeypatch):
+    """The loop hands choose_gamma the optimistic estimates: with nothing counted yet, 1/2 plus
+    its standard error (0.75 each), not the bare 1/2."""
+    target = random_model(0, vocab_size=32)
+    decoder = SpeculativeDecoder(target, perturbed_copy(target, 0.5), 48)
+    decoder.costs[((1.0, None, None), "sample")] = {"plain": 1.0, "block": {1: 1.3, 2: 1.5}}
+    decoder.cost_update = 0
+    seen, choose = [], speculative_module.choose_gamma
+    monkeypatch.setattr(speculative_module, "choose_gamma", lambda alphas, costs: seen.append(alphas) or choose(alphas, costs))
+    decoder.generate([3, 1, 4], 10, "auto", 1.0, generator=torch.Generator().manual_seed(0))
+    assert seen[0] == pytest.approx([0.75, 0.75]) == AcceptanceCounts().optimistic_alphas(2)
 
 
 def test_one_early_rejection_does_not_stop_auto_gamma_from_trying_blocks():
@@ -1186,18 +1227,33 @@ def test_chunked_prefill_compiled_blocks_and_catch_up_give_the_eager_tokens(monk
                 compile_blocks(model, backend="eager")
         return target, draft
 
+    traced = []
+
+    def tracing_backend(graph, example_inputs):    # the "eager" backend, recording what it was given
+        traced.append(graph)
+        return graph.forward
+
     try:
         for mode, auto, short in (("argmax", False, False), ("sample", True, False), ("sample", False, True)):
             fast = SpeculativeDecoder(*pair(True, short), 48)
             fast.steps.prefill_chunk = 8
-            fast.sampler = Sampler("eager")
+            fast.sampler = Sampler(tracing_backend)
+            traced.clear()
             assert_decoders_agree(SpeculativeDecoder(*pair(False, short), 48), fast, prompts, mode, auto, monkeypatch)
+            assert traced, "the blocks did not run the sampler's compiled functions"
         # plain decoding's compiled sampling, with top-k and top-p (a sort) in the traced function
         target = pair(False, False)[0]
         plain, fast_plain = Decoder(target, len(prompts), 48), Decoder(target, len(prompts), 48)
-        fast_plain.sampler = Sampler("eager")
+        fast_plain.sampler = Sampler(tracing_backend)
+        traced.clear()
         runs = [decoder.generate(prompts, 10, 0.8, 5, 0.9, generator=torch.Generator().manual_seed(2))
                 for decoder in (plain, fast_plain)]
         assert runs[0] == runs[1]
+        assert traced, "plain decoding did not run the sampler's compiled functions"
+        # compile_sampling, the decode paths' option, gives a decoder compiled functions; off, the functions themselves
+        for decoder in (SpeculativeDecoder(target, target, 48, compile_sampling=True),
+                        Decoder(target, 1, 48, compile_sampling=True)):
+            assert decoder.sampler is not speculative_module.EAGER and decoder.sampler.probs is not sample_probs
+        assert SpeculativeDecoder(target, target, 48).sampler is Decoder(target, 1, 48).sampler is speculative_module.EAGER
     finally:
         torch._dynamo.reset()
