@@ -86,6 +86,11 @@ def pool_runs(runs: list[tuple[int, dict]]) -> dict:
             "tokens_per_s": sum(n_new for n_new, _ in runs) / sum(stats["seconds"] for _, stats in runs)}
 
 
+def costs_ms(costs: dict) -> dict:
+    """SpeculativeDecoder's step costs in milliseconds, rounded: {"plain": ms, "block": {gamma: ms}}."""
+    return {"plain": round(costs["plain"] * 1e3, 4), "block": {g: round(c * 1e3, 4) for g, c in costs["block"].items()}}
+
+
 def evaluate_pair(target: Llama, draft: Llama, prompts: list[list[int]], gammas: list, temperature: float,
                   max_new_tokens: int, top_k: int | None = None, top_p: float | None = None, stop_ids=(),
                   seed: int = 0, plain: Decoder | None = None, graphs: bool = False, compile_sampling: bool = False,
@@ -118,9 +123,10 @@ def evaluate_pair(target: Llama, draft: Llama, prompts: list[list[int]], gammas:
     speculative = decoder or SpeculativeDecoder(
         target, draft, decoder_slots(target, draft, prompts, max_new_tokens, max_gamma), graphs, compile_sampling)
     sampling = (temperature, top_k, top_p)
+    measured_costs = {}               # mode -> the costs measured alone, kept for the rows of "auto"
     for mode in measured_modes:
         if "auto" in gammas:          # untimed, and it records or compiles every block it times
-            speculative.measure_costs(prompts[0], *sampling, mode, max_gamma)
+            measured_costs[mode] = costs_ms(speculative.measure_costs(prompts[0], *sampling, mode, max_gamma))
     if plain is not None or graphs:      # graphs are recorded, blocks compiled, on first use
         if plain is not None:
             warm_up(lambda prompt: plain.generate([prompt], 2, *sampling), prompts)
@@ -149,6 +155,9 @@ def evaluate_pair(target: Llama, draft: Llama, prompts: list[list[int]], gammas:
         block_gamma = gamma if gamma != "auto" else row["mean_gamma"]
         row["predicted_block_efficiency"] = (predicted_block_efficiency(row["acceptance_rate"], gamma)
                                              if gamma != "auto" else None)
+        if gamma == "auto":           # what auto chose from: the costs measured alone, and as the loop left them
+            row["costs_ms"] = {"measured": measured_costs[mode],
+                               "after": costs_ms(speculative.costs[(sampling, mode)])}
         row["mbsu"] = memory_bound_speedup(*(param_counts or (count_params(target), count_params(draft))),
                                            row["block_efficiency"], block_gamma)
         if plain is not None:

@@ -11,7 +11,8 @@ target alone would sample it.
 Read it top to bottom, in the order of the algorithm:
   sampling            ONE function turns logits into the processed next-token distribution
                       (`sample_probs`), ONE rule draws from it (`race`, given random numbers from
-                      `exponentials`; at temperature 0 the decoders take the argmax instead,
+                      `exponentials`), and `draw` makes the same draw from the logits without
+                      building the distribution (at temperature 0 the decoders take the argmax,
                       `sample_token` says why that is the same);
   plain decoding      `Decoder`: batched, KV-cached autoregressive decoding, the baseline of
                       every speed-up and the engine of the distillation data;
@@ -105,6 +106,30 @@ def race(probs: torch.Tensor, races: torch.Tensor) -> torch.Tensor:
     return (probs / races).argmax(dim=-1)
 
 
+def draw(logits: torch.Tensor, races: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+         top_p: float | None = None) -> torch.Tensor:
+    """One token per row of logits (..., V) -> (...), distributed as sample_probs(logits,
+    temperature, top_k, top_p): the token race(sample_probs(...), races) picks for the same races
+    (but for float rounding in a near-tie), found without building the distribution.
+
+    The race picks the largest p(x) / E_x, that is the largest log p(x) - log E_x, and
+    log p(x) = logits_x / T - log Z with one normaliser Z for every x: so the winner is the
+    largest logits_x / T - log E_x (the Gumbel-max trick; -log E_x is a Gumbel variable). No
+    softmax, no sum over the row: one pass over the logits, where sample_probs and race make three.
+    Top-k keeps this form (the tokens it drops score -inf, as their p is 0); top-p needs the
+    sorted probabilities, so there the race runs on them. Temperature 0 is the argmax of the
+    logits (sample_token says why that is the race of T = 0), and draws on none of the races."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    if top_p is not None and top_p < 1:
+        return race(sample_probs(logits, temperature, top_k, top_p), races)
+    scores = logits.float() / temperature                        # log p(x) + log Z, in float32
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth_largest = torch.topk(scores, top_k, dim=-1).values[..., -1:]          # (..., 1)
+        scores = scores.masked_fill(scores < kth_largest, float("-inf"))
+    return (scores - races.log()).argmax(dim=-1)
+
+
 def sample_token(logits: torch.Tensor, sampling: tuple, generator: torch.Generator | None = None,
                  sampler: "Sampler | None" = None) -> torch.Tensor:
     """The decoders' next token from logits (..., V) under sampling = (temperature, top_k, top_p).
@@ -113,13 +138,11 @@ def sample_token(logits: torch.Tensor, sampling: tuple, generator: torch.Generat
     the one-hot distribution sample_probs makes at T = 0 (the race can only pick the token of
     probability 1), without building that V-wide distribution or drawing V random numbers:
     on a GPU those are kernels of their own at every token, on a CPU the draw over 49,152 tokens
-    costs more than the argmax many times over. Every other temperature samples sample_probs,
-    through `sampler` (compiled or not; by default the functions themselves)."""
+    costs more than the argmax many times over. Every other temperature draws from sample_probs
+    (`draw`), through `sampler` (compiled or not; by default the functions themselves)."""
     if sampling[0] == 0:
         return logits.argmax(dim=-1)
-    sampler = sampler or EAGER
-    probs = sampler.probs(logits, *sampling)
-    return sampler.race(probs, exponentials(probs, generator))
+    return (sampler or EAGER).draw(logits, exponentials(logits, generator), *sampling)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,11 +329,13 @@ def verify_greedy(draft_tokens: torch.Tensor, target_logits: torch.Tensor) -> tu
     return keep_matching(draft_tokens, target_logits.argmax(dim=-1))               # t_i, (gamma + 1,)
 
 
-def verify_argmax(draft_tokens: torch.Tensor, target_probs: torch.Tensor,
-                  races: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def verify_argmax(draft_tokens: torch.Tensor, target_logits: torch.Tensor, races: torch.Tensor,
+                  temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The rule of the inference engines (vLLM, SGLang, llama.cpp; PAPER.md 4.5), for a draft that
-    proposes its ARGMAX tokens: (n_accepted, next_token), as verify() returns them. races: E ~ Exp(1)
-    shaped like target_probs (gamma + 1, V) (`exponentials`), the target's draws.
+    proposes its ARGMAX tokens: (n_accepted, next_token), as verify() returns them. target_logits
+    (gamma + 1, V) and races E ~ Exp(1) shaped like them (`exponentials`), the target's draws under
+    the sampling settings (`draw`: the target's probabilities are never needed).
 
     The target samples its own token at every position of the block, y_i ~ p_i for i = 1..gamma+1,
     all from the one pass that scored the draft's tokens; the draft's x_i are kept while x_i = y_i,
@@ -325,7 +350,7 @@ def verify_argmax(draft_tokens: torch.Tensor, target_probs: torch.Tensor,
     temperature 0 both are one-hot and the two rules are the same (verify_greedy). At T > 0 the
     engine's rule rewards a draft whose argmax is the target's likeliest token, not one whose
     whole distribution matches -- which is what TVD-like losses train for."""
-    return keep_matching(draft_tokens, race(target_probs, races))                  # y_i ~ p_i, (gamma + 1,)
+    return keep_matching(draft_tokens, draw(target_logits, races, temperature, top_k, top_p))   # y_i ~ p_i
 
 
 def keep_matching(draft_tokens: torch.Tensor, target_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -337,13 +362,14 @@ def keep_matching(draft_tokens: torch.Tensor, target_tokens: torch.Tensor) -> tu
 
 
 class Sampler:
-    """The arithmetic a decoder does between its model calls -- `sample_probs`, `race`, `verify`
+    """The arithmetic a decoder does between its model calls -- `sample_probs`, `draw`, `verify`
     and `verify_argmax` -- as the decoder calls it: the functions themselves, or, with
     compile_backend (fast_decode's GPU paths that compile), each one compiled by torch.compile.
 
     Why compile them. On a GPU each tensor operation is a kernel of its own, and at T > 0 a block
-    runs dozens of tiny ones beside its model calls: a softmax and an argmax over each of the
-    draft's rows of 49,152 logits, the acceptance test's gathers and comparisons, the residual.
+    runs dozens of tiny ones beside its model calls: a draw over each of the draft's rows of
+    49,152 logits, the softmaxes of the block's q and p, the acceptance test's gathers and
+    comparisons, the residual.
     Recorded in a CUDA graph they cost no launches from the host, but each still runs, one after
     another, and a row's reduction runs on few of the GPU's cores. torch.compile fuses each function
     into a few kernels and splits a long row's reductions across the GPU (BENCHMARKS.md section 2
@@ -355,7 +381,7 @@ class Sampler:
     def __init__(self, compile_backend: str | None = None):
         def wrap(function):
             return torch.compile(function, fullgraph=True, backend=compile_backend) if compile_backend else function
-        self.probs, self.race = wrap(sample_probs), wrap(race)
+        self.probs, self.draw = wrap(sample_probs), wrap(draw)
         self.verify, self.verify_argmax = wrap(verify), wrap(verify_argmax)
 
 
@@ -392,6 +418,8 @@ class SpeculativeDecoder:
         self.sampler = Sampler("inductor") if compile_sampling else EAGER     # the arithmetic between model calls
         self.costs = {}        # (sampling, draft_mode) -> this machine's step costs (measure_costs)
         self.cost_update = 1 / 8   # weight of each timed loop iteration in those costs (update_cost); 0 keeps them
+        self.plain_check_every = 32   # gamma "auto" times a plain step after this many blocks in a row; 0 never
+        self.blocks_since_plain = {}  # (sampling, draft_mode) -> blocks run since the last plain step
         self.acceptance = {}   # (sampling, draft_mode) -> AcceptanceCounts over the calls so far
 
     def block(self, gamma: int, sampling: tuple, generator, draft_mode: str = "sample") -> torch.Tensor:
@@ -414,15 +442,14 @@ class SpeculativeDecoder:
         # 1. The draft proposes x_1..x_gamma, fed the last two tokens, then each of its proposals.
         draft_slots = first - 2 + offsets[:2]
         draft_input = self.tokens.index_select(1, draft_slots)                     # (1, 2)
-        draft_tokens, draft_probs = [], []
+        draft_tokens, draft_logits = [], []
         for i in range(gamma):
-            draft_logits = self.draft(draft_input, self.draft_cache, draft_slots)[:, -1]    # (1, V) or (1, K)
+            logits = self.draft(draft_input, self.draft_cache, draft_slots)[:, -1]  # (1, V) or (1, K)
             if argmax:
-                x = draft_logits.argmax(dim=-1)                                     # x_i = argmax q_i, (1,)
+                x = logits.argmax(dim=-1)                                           # x_i = argmax q_i, (1,)
             else:
-                q = self.sampler.probs(draft_logits, *sampling)                     # q_i
-                x = self.sampler.race(q, exponentials(q, generator))                # x_i ~ q_i, (1,)
-                draft_probs.append(q)
+                x = self.sampler.draw(logits, exponentials(logits, generator), *sampling)   # x_i ~ q_i, (1,)
+                draft_logits.append(logits)
             if draft_vocab is not None:
                 x = draft_vocab[x]
             draft_tokens.append(x)
@@ -434,14 +461,15 @@ class SpeculativeDecoder:
         target_logits = self.target(target_input, self.target_cache, first - 1 + offsets)[0]   # (gamma + 1, V)
         if greedy:
             n_accepted, next_token = verify_greedy(draft_tokens, target_logits)
+        elif argmax:                                  # the target's own draws y_i ~ p_i, no p needed
+            n_accepted, next_token = self.sampler.verify_argmax(
+                draft_tokens, target_logits, exponentials(target_logits, generator), *sampling)
         else:
-            target_probs = self.sampler.probs(target_logits, *sampling)               # p_i, (gamma + 1, V)
-            if argmax:
-                n_accepted, next_token = self.sampler.verify_argmax(draft_tokens, target_probs,
-                                                                    exponentials(target_probs, generator))
-            else:
-                n_accepted, next_token = self.sampler.verify(draft_tokens, torch.cat(draft_probs), target_probs,
-                                                             *verify_draws(target_probs, generator), draft_vocab)
+            # q_1..q_gamma in one call for the block (the draws above needed none of them), then p_i.
+            draft_probs = self.sampler.probs(torch.cat(draft_logits), *sampling)         # (gamma, V) or (gamma, K)
+            target_probs = self.sampler.probs(target_logits, *sampling)                  # (gamma + 1, V)
+            n_accepted, next_token = self.sampler.verify(draft_tokens, draft_probs, target_probs,
+                                                         *verify_draws(target_probs, generator), draft_vocab)
 
         # 3. Keep x_1..x_n and the next token; the sequence grows by n + 1.
         self.tokens.index_copy_(1, first + offsets[:gamma], draft_tokens[None])
@@ -470,7 +498,10 @@ class SpeculativeDecoder:
         (choose_gamma) from the step costs measure_costs recorded, corrected by the loop's own
         timings (update_cost), and the acceptance per draft position counted so far (over this
         decoder's earlier calls and this one's blocks); a gamma of 0 is a plain step of the
-        target alone, when no block is predicted to beat it."""
+        target alone, when no block is predicted to beat it. After `plain_check_every` blocks in
+        a row it times one plain step anyway: a cost is corrected only when its step runs, and a
+        plain step's cost that stayed too high would let blocks run on that lose to plain
+        decoding, never to be found out. (One step in 33 costs at most 1/33 of the gain.)"""
         auto = gamma == "auto"
         if not auto and gamma < 1:
             raise ValueError(f"gamma (draft tokens per block) must be >= 1, got {gamma}")
@@ -496,6 +527,7 @@ class SpeculativeDecoder:
             raise ValueError(f"a prompt of {P} tokens, {max_new_tokens} new ones and gamma {max_gamma} do not fit "
                              f"the decoder's {self.tokens.shape[1]} slots")
         counts = self.acceptance.setdefault(key, AcceptanceCounts())
+        since_plain = self.blocks_since_plain.get(key, 0)
         synchronize(self.target.device)
         started = time.perf_counter()
         self.start(prompt, pad_id)
@@ -504,6 +536,8 @@ class SpeculativeDecoder:
             while len(new_tokens) < max_new_tokens:
                 iteration_started = time.perf_counter()
                 chosen = choose_gamma(counts.optimistic_alphas(max_gamma), self.costs[key]) if auto else gamma
+                if auto and blocks and 0 < self.plain_check_every <= since_plain:
+                    chosen = 0                                    # the plain step's check (docstring)
                 block_gamma = min(chosen, context - n_tokens)     # = chosen except at the end of a context
                 if block_gamma == 0:                              # a plain step; the draft falls behind
                     token = self.steps.run(("plain", sampling), lambda: decode_step(
@@ -528,9 +562,11 @@ class SpeculativeDecoder:
                 if auto and len(blocks) > 1:
                     update_cost(self.costs[key], block_gamma, time.perf_counter() - iteration_started,
                                 self.cost_update)
+                since_plain = since_plain + 1 if block_gamma else 0
                 if new_tokens and new_tokens[-1] in stop_ids:
                     break
         seconds = time.perf_counter() - started
+        self.blocks_since_plain[key] = since_plain
         new_tokens = new_tokens[:max_new_tokens]
         stats = block_stats([n for _, n, _ in blocks], [len(drafted) for drafted, _, _ in blocks],
                             len(new_tokens), seconds)
@@ -546,7 +582,9 @@ class SpeculativeDecoder:
         at the prompt's position. The cost of a block does not depend on how many of its tokens
         are accepted: the draft's and the target's passes are the same work either way. Kept for
         gamma="auto" (choose_gamma) under these sampling settings, and returned:
-        {"plain": seconds, "block": {gamma: seconds}}. Draws from a generator of its own."""
+        {"plain": seconds, "block": {gamma: seconds}, "timed": {gamma: 0}} ("timed": how many of
+        the loop's iterations have corrected each cost since, update_cost; gamma 0 is the plain
+        step). Draws from a generator of its own."""
         check_sampling(temperature, top_k, top_p)
         check_draft_mode(draft_mode)
         sampling = (temperature, top_k, top_p)
@@ -574,7 +612,9 @@ class SpeculativeDecoder:
             blocks = {g: median_seconds((g, sampling, draft_mode),
                                         lambda g=g: self.block(g, sampling, generator, draft_mode))
                       for g in range(1, max_gamma + 1)}
-        self.costs[(sampling, draft_mode)] = {"plain": plain, "block": blocks}
+        self.costs[(sampling, draft_mode)] = {"plain": plain, "block": blocks,
+                                              "timed": dict.fromkeys(range(max_gamma + 1), 0)}
+        self.blocks_since_plain[(sampling, draft_mode)] = 0
         return self.costs[(sampling, draft_mode)]
 
 
@@ -609,16 +649,24 @@ def update_cost(costs: dict, gamma: int, seconds: float, weight: float) -> None:
     """Move the cost of a plain step (gamma 0) or of a block of gamma toward the time one
     iteration of the decode loop just took, in place:
 
-        c <- c + weight * (min(seconds, 2 c) - c)
+        c <- c + w (min(seconds, 2 c) - c),   w = max(weight, 1 / (n + 1))
 
-    measure_costs times each step alone. The loop pays more: its bookkeeping between blocks, the
-    draft's catch-up after plain steps, a GPU left idle while the host decides -- enough to turn
-    a block that pays alone into one that does not (BENCHMARKS.md section 2 measures the gap). A
-    running average over the last 1 / weight iterations of each gamma follows what the loop
-    really costs; an observation counts for at most twice the estimate, so that one pause of the
-    machine (a garbage collection, another process) cannot price a gamma out for long."""
+    with n the iterations of this gamma timed so far, this one included (costs["timed"]).
+    measure_costs times each step alone. The loop pays more or less: its bookkeeping between
+    blocks, the draft's catch-up after plain steps, a GPU left idle while the host decides, a
+    launch that overlaps the step before it -- enough to turn a block that pays alone into one
+    that does not (BENCHMARKS.md section 2 measures the gap). So the cost follows the loop: at
+    first the mean of the measurement and every timing since (w = 1/2, 1/3, ...: a step seldom
+    run is not left near a measurement that may be off), then a running average over the last
+    1 / weight iterations. An observation counts for at most twice the estimate, so that one
+    pause of the machine (a garbage collection, another process) cannot price a gamma out for
+    long. weight 0 keeps the costs."""
+    if weight == 0:
+        return
+    timed = costs.setdefault("timed", {})
+    timed[gamma] = timed.get(gamma, 0) + 1
     table, key = (costs, "plain") if gamma == 0 else (costs["block"], gamma)
-    table[key] += weight * (min(seconds, 2 * table[key]) - table[key])
+    table[key] += max(weight, 1 / (timed[gamma] + 1)) * (min(seconds, 2 * table[key]) - table[key])
 
 
 class AcceptanceCounts:

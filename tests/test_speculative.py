@@ -36,7 +36,7 @@ from evaluate import (ci_gaps, evaluate_pair, mean_ci95, memory_bound_speedup, p
                       separation_lines)
 import speculative as speculative_module
 from speculative import (AcceptanceCounts, Decoder, SpeculativeDecoder, block_stats, choose_gamma, decoder_slots,
-                         expected_tokens, exponentials, race, sample_probs, sample_token, update_cost, verify,
+                         draw, expected_tokens, exponentials, race, sample_probs, sample_token, update_cost, verify,
                          verify_argmax, verify_draws, verify_greedy)
 
 SIGNIFICANCE = 0.001   # chi-square tests: a correct implementation fails 1 time in 1000 seeds
@@ -285,6 +285,23 @@ def test_sample_keeps_shape_and_never_draws_a_zero_probability_token():
     draws = torch.stack([sample(probs, generator) for _ in range(200)])           # (200, 3, 2)
     assert draws.shape == (200, 3, 2)
     assert set(draws[:, :, 0].unique().tolist()) == {1, 2} and (draws[:, :, 1] == 3).all()
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, None, None), (0.7, None, None), (1.3, 5, None),
+                                                       (0.8, None, 0.9), (1.0, 7, 0.5), (0.0, None, None)])
+def test_draw_picks_the_races_token_from_the_logits(temperature, top_k, top_p):
+    """draw(logits, E) is the token race(sample_probs(logits), E) picks for the same E (the
+    Gumbel-max form of the race), with bf16 logits too; a token top-k or top-p drops never wins."""
+    generator = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(4000, 50, generator=generator)
+    races = exponentials(logits, generator)
+    probs = sample_probs(logits, temperature, top_k, top_p)
+    tokens = draw(logits, races, temperature, top_k, top_p)
+    assert torch.equal(tokens, race(probs, races) if temperature else logits.argmax(-1))
+    assert (probs.gather(-1, tokens[:, None]) > 0).all()
+    low = logits.bfloat16()
+    assert torch.equal(draw(low, races, temperature, top_k, top_p),
+                       race(sample_probs(low, temperature, top_k, top_p), races) if temperature else low.argmax(-1))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -688,8 +705,8 @@ def test_argmax_drafting_equals_the_rejection_rule_at_temperature_0(gamma):
         draft_tokens[n_matching:] = (draft_tokens[n_matching:] + 1) % 32          # mismatch from there on
         expected = verify_greedy(draft_tokens, logits)
         assert [int(x) for x in expected] == [n_matching, int(argmaxes[n_matching])]
-        one_hot = sample_probs(logits, 0.0)
-        assert [int(x) for x in verify_argmax(draft_tokens, one_hot, exponentials(one_hot))] == [int(x) for x in expected]
+        races = exponentials(logits)
+        assert [int(x) for x in verify_argmax(draft_tokens, logits, races, 0.0)] == [int(x) for x in expected]
 
 
 def test_argmax_drafting_accepts_with_the_target_probability_of_the_draft_argmax():
@@ -822,6 +839,29 @@ def test_evaluate_pair_pools_runs_seeded_per_prompt():
                                                                     result["block_efficiency"], gamma))
         assert result["baseline_tokens_per_s"] == results[0]["baseline_tokens_per_s"] > 0    # one baseline per call
         assert result["speedup"] == pytest.approx(result["tokens_per_s"] / result["baseline_tokens_per_s"])
+
+
+def test_evaluate_pair_keeps_the_costs_auto_chose_from():
+    """An "auto" row carries the step costs in ms: as measure_costs measured them, and as the
+    loop's timings left them after the row's runs (the decoder's own)."""
+    target = random_model(0, vocab_size=16)
+    draft = perturbed_copy(target, noise=0.3)
+    prompts = [[1], [2, 3]]
+    decoder = SpeculativeDecoder(target, draft, decoder_slots(target, draft, prompts, 10, 3))
+    measured, measure = [], decoder.measure_costs
+
+    def recorded_measure(*args):
+        measured.append(copy.deepcopy(measure(*args)))
+        return measure.__self__.costs[((1.0, None, None), "sample")]
+    decoder.measure_costs = recorded_measure
+    fixed, auto = evaluate_pair(target, draft, prompts, [2, "auto"], 1.0, 10, seed=7, decoder=decoder)
+    assert "costs_ms" not in fixed
+    after = decoder.costs[((1.0, None, None), "sample")]
+    assert auto["costs_ms"]["after"] == {"plain": round(after["plain"] * 1e3, 4),
+                                         "block": {g: round(c * 1e3, 4) for g, c in after["block"].items()}}
+    assert auto["costs_ms"]["measured"]["block"].keys() == {1, 2}
+    assert auto["costs_ms"]["measured"]["plain"] == round(measured[0]["plain"] * 1e3, 4)
+    assert auto["costs_ms"]["measured"] != auto["costs_ms"]["after"]          # the loop moved them
 
 
 def test_evaluate_pair_times_plain_and_speculative_decoding_prompt_by_prompt(monkeypatch):
@@ -1008,13 +1048,20 @@ def test_choose_gamma_on_synthetic_costs():
 
 
 def test_update_cost_by_hand():
-    costs = {"plain": 1.0, "block": {1: 2.0, 2: 4.0}}
-    update_cost(costs, 1, 3.0, 0.25)                 # 2 + (3 - 2) / 4
-    update_cost(costs, 0, 0.6, 0.25)                 # 1 + (0.6 - 1) / 4
-    update_cost(costs, 2, 100.0, 0.25)               # a pause counts as twice the estimate: 4 + (8 - 4) / 4
-    assert costs == {"plain": 0.9, "block": {1: 2.25, 2: 5.0}}
+    costs = {"plain": 1.0, "block": {1: 2.0, 2: 4.0}, "timed": {0: 0, 1: 0, 2: 0}}
+    update_cost(costs, 1, 3.0, 0.25)                 # the first timing: the mean with the measurement, 2 + (3 - 2) / 2
+    update_cost(costs, 1, 3.5, 0.25)                 # the second: 2.5 + (3.5 - 2.5) / 3
+    update_cost(costs, 0, 0.6, 0.25)                 # 1 + (0.6 - 1) / 2
+    update_cost(costs, 2, 100.0, 0.25)               # a pause counts as twice the estimate: 4 + (8 - 4) / 2
+    assert costs["plain"] == pytest.approx(0.8) and costs["block"] == pytest.approx({1: 2.5 + 1 / 3, 2: 6.0})
+    assert costs["timed"] == {0: 1, 1: 2, 2: 1}
+    for _ in range(2):                               # timings 3 and 4 of gamma 1: weights 1/4, then 1/4 (not 1/5)
+        update_cost(costs, 1, 5.0, 0.25)
+    assert costs["block"][1] == pytest.approx(5 - (5 - (2.5 + 1 / 3)) * (3 / 4) ** 2)
     update_cost(costs, 1, 50.0, 0)                   # weight 0 keeps the costs
-    assert costs["block"][1] == 2.25
+    assert costs["block"][1] == pytest.approx(5 - (5 - (2.5 + 1 / 3)) * (3 / 4) ** 2) and costs["timed"][1] == 4
+    update_cost(bare := {"plain": 1.0, "block": {1: 2.0}}, 1, 3.0, 0.25)   # costs written by hand: nothing timed yet
+    assert bare["block"][1] == 2.5 and bare["timed"] == {1: 1}
 
 
 def test_auto_gamma_learns_the_loops_costs():
@@ -1028,9 +1075,11 @@ def test_auto_gamma_learns_the_loops_costs():
     assert torch.equal(tokens, plain_decode(target, prompt, 20, temperature=0))
     assert set(stats["drafted_per_block"]) == {2}                # gamma 2: more tokens for the same cost
     assert costs["plain"] == 10.0 and costs["block"][1] == 1.0   # never run, never moved
-    assert costs["block"][2] < (7 / 8) ** 5                      # moved down at every block but the first
-    n = len(stats["blocks"])       # each move takes 1/8 of the way to a time of about a millisecond, not 0
-    assert (7 / 8) ** (n - 1) <= costs["block"][2] < (7 / 8) ** (n - 1) + 0.05
+    n = len(stats["blocks"])
+    assert costs["timed"] == {2: n - 1}                          # every block but the first was timed
+    # The k-th timing moves the cost max(1/8, 1/(k + 1)) of the way to about a millisecond, not 0.
+    left = math.prod(1 - max(1 / 8, 1 / (k + 1)) for k in range(1, n))
+    assert left <= costs["block"][2] < left + 0.05
 
 
 def test_auto_gamma_leaves_the_first_iterations_time_out_of_its_costs(monkeypatch):
@@ -1067,25 +1116,25 @@ def test_acceptance_counts_by_hand():
 
 
 def test_the_decoders_do_all_their_sampling_through_their_sampler():
-    """Every sample_probs, race, verify and verify_argmax of a step goes through the decoder's
+    """Every sample_probs, draw, verify and verify_argmax of a step goes through the decoder's
     Sampler, so that compiling the Sampler compiles all of a step's sampling."""
     from speculative import Sampler
     calls = collections.Counter()
     counting = Sampler()
-    for name in ("probs", "race", "verify", "verify_argmax"):
+    for name in ("probs", "draw", "verify", "verify_argmax"):
         function = getattr(counting, name)
         setattr(counting, name, lambda *args, name=name, function=function: calls.update([name]) or function(*args))
     target = random_model(0, vocab_size=32)
     speculative, plain = SpeculativeDecoder(target, perturbed_copy(target, 0.5), 48), Decoder(target, 1, 48)
     speculative.sampler = plain.sampler = counting
-    speculative.generate([3, 1, 4], 1, 3, 1.0)             # one block: 3 draft draws, the target's p, the rule
-    assert calls == {"probs": 4, "race": 3, "verify": 1}
+    speculative.generate([3, 1, 4], 1, 3, 1.0)             # one block: 3 draft draws, q and p, the rule
+    assert calls == {"draw": 3, "probs": 2, "verify": 1}
     calls.clear()
-    speculative.generate([3, 1, 4], 1, 3, 1.0, draft_mode="argmax")
-    assert calls == {"probs": 1, "verify_argmax": 1}
+    speculative.generate([3, 1, 4], 1, 3, 1.0, draft_mode="argmax")    # the target's draws inside the rule
+    assert calls == {"verify_argmax": 1}
     calls.clear()
     plain.generate([[3, 1, 4]], 2, 1.0)
-    assert calls == {"probs": 2, "race": 2}
+    assert calls == {"draw": 2}
 
 
 def test_generate_chooses_gamma_from_the_optimistic_alphas(monkeypatch):
@@ -1120,6 +1169,27 @@ def scheduled_gammas(monkeypatch, schedule: list[int]):
     """Make gamma="auto" follow `schedule` (then its last value), whatever the costs say."""
     chosen = iter(schedule)
     monkeypatch.setattr(speculative_module, "choose_gamma", lambda alphas, costs: next(chosen, schedule[-1]))
+
+
+def test_auto_gamma_times_a_plain_step_after_a_run_of_blocks(monkeypatch):
+    """A plain step's cost is corrected only when one runs: after plain_check_every blocks in a
+    row, auto runs one whatever choose_gamma says -- counting across calls, never as a call's
+    first (untimed) iteration -- and its timing corrects the plain cost."""
+    target = random_model(0, vocab_size=32)
+    prompt = [3, 1, 4]
+    # The draft is the target at T = 0: every block accepts both its tokens, 3 tokens a block.
+    decoder = SpeculativeDecoder(target, copy.deepcopy(target), decoder_slots(target, target, [prompt], 12, 2))
+    decoder.costs[((0.0, None, None), "sample")] = costs = {"plain": 10.0, "block": {1: 1.0, 2: 1.0}}
+    decoder.plain_check_every = 4
+    scheduled_gammas(monkeypatch, [2])                             # choose_gamma always says 2
+    calls = [decoder.generate(prompt, 12, "auto", 0.0)[1]["drafted_per_block"] for _ in range(3)]
+    assert calls == [[2, 2, 2, 2],         # 4 blocks in a row as the call ends: the count goes on
+                     [2, 0, 2, 2, 2],      # the check, after the first iteration (which is not timed)
+                     [2, 0, 2, 2, 2]]      # 3 blocks, then 1 into this call: the check again
+    assert costs["timed"][0] == 2                                  # each check timed
+    assert costs["plain"] < 10.0 / (costs["timed"][0] + 1) + 0.05  # the mean of 10 and timings of about 0
+    decoder.plain_check_every = 0                                  # 0: never
+    assert 0 not in decoder.generate(prompt, 12, "auto", 0.0)[1]["drafted_per_block"]
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])

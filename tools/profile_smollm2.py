@@ -111,9 +111,10 @@ def block_pieces(draft_name: str = "smollm2-draft-4l", shortlist: int | None = N
     # The sampling pieces as this path runs them (compiled: speculative.Sampler) and eagerly.
     for sampler, suffix in ((Sampler("inductor"), ""), (EAGER, ", eager")):
         pieces.update({
-            f"sampling one token, T=1 (softmax + draw){suffix}": lambda s=sampler: sample_token(
-                logits_1, (1.0, None, None), generator, s),
-            f"target probabilities, 5 rows, T=1{suffix}": lambda s=sampler: s.probs(logits_5, 1.0),
+            f"sampling one token, T=1 (draw: exponentials, then logits - log E's argmax){suffix}":
+                lambda s=sampler: sample_token(logits_1, (1.0, None, None), generator, s),
+            f"draft probabilities q, 4 rows, T=1{suffix}": lambda s=sampler: s.probs(logits_5[:GAMMA], 1.0),
+            f"target probabilities p, 5 rows, T=1{suffix}": lambda s=sampler: s.probs(logits_5, 1.0),
             f"acceptance test + residual draw{suffix}": lambda s=sampler: s.verify(
                 draft_tokens, draft_probs, target_probs, *verify_draws(target_probs, generator)),
         })
@@ -153,8 +154,10 @@ def block_pieces(draft_name: str = "smollm2-draft-4l", shortlist: int | None = N
     # CONTEXT - 96 tokens, then the time of a call with SHORT new tokens subtracted from one with
     # LONG, per block and per plain step, so that what a call pays once (its recorded prefill,
     # the copies in and out) is not shared among its blocks -- at T=1 a block keeps more tokens
-    # than at T=0, so a call has fewer blocks to share it.
-    prompt, short, long = fill[0, : CONTEXT - 96].tolist(), 16, 80
+    # than at T=0, so a call has fewer blocks to share it. With a stop token, as evaluate.py
+    # decodes: plain decoding then asks after every token whether to stop (a host sync per
+    # token, as the speculative loop has one per block); the steps are counted as made.
+    prompt, short, long, stop = fill[0, : CONTEXT - 96].tolist(), 16, 80, (V - 1,)
     loops = {}
     for label, (temperature, compiled) in cases.items():
         speculative, plain_decoder = decoders[compiled]
@@ -163,15 +166,19 @@ def block_pieces(draft_name: str = "smollm2-draft-4l", shortlist: int | None = N
         per_block, per_step = [], []
 
         def run_speculative(n_new):
-            blocks[n_new] = len(speculative.generate(prompt, n_new, GAMMA, temperature)[1]["accepted_per_block"])
+            stats = speculative.generate(prompt, n_new, GAMMA, temperature, stop_ids=stop)[1]
+            blocks[n_new] = len(stats["accepted_per_block"])
+
+        def run_plain(n_new):
+            steps[n_new] = len(plain_decoder.generate([prompt], n_new, temperature, stop_ids=stop)[0])
 
         for _ in range(5):                                                   # the median of 5
-            seconds, blocks = {}, {}
+            seconds, blocks, steps = {}, {}, {}
             for n_new in (short, long):
                 seconds[n_new] = wall_time(lambda: run_speculative(n_new))
-                seconds["plain", n_new] = wall_time(lambda: plain_decoder.generate([prompt], n_new, temperature))
+                seconds["plain", n_new] = wall_time(lambda: run_plain(n_new))
             per_block.append((seconds[long] - seconds[short]) * 1e3 / (blocks[long] - blocks[short]))
-            per_step.append((seconds["plain", long] - seconds["plain", short]) * 1e3 / (long - short))
+            per_step.append((seconds["plain", long] - seconds["plain", short]) * 1e3 / (steps[long] - steps[short]))
         loops[label] = sorted(per_block)[2], sorted(per_step)[2]
         print(f"{label}, in the decoders' loops ({len(prompt)}-token prompt, {long} against {short} new tokens): "
               f"{loops[label][0]:.3f} ms per block, {loops[label][1]:.3f} per plain step; "
@@ -180,10 +187,11 @@ def block_pieces(draft_name: str = "smollm2-draft-4l", shortlist: int | None = N
         print(f"T=1 block / T=0 block, {where}: {times['T=1'][0] / times['T=0'][0]:.3f} "
               f"({times['T=1, eager sampling'][0] / times['T=0'][0]:.3f} with eager sampling)")
     whole = wholes["T=1"][0]
-    parts = (ms["draft first step (2 tokens)"] + (GAMMA - 1) * ms["draft step (1 token)"]
-             + GAMMA * ms["sampling one token, T=1 (softmax + draw)"] + ms["target verify (5 tokens)"]
-             + ms["target probabilities, 5 rows, T=1"] + ms["acceptance test + residual draw"])
-    plain = ms["target step (1 token)"] + ms["sampling one token, T=1 (softmax + draw)"]
+    draw = ms["sampling one token, T=1 (draw: exponentials, then logits - log E's argmax)"]
+    parts = (ms["draft first step (2 tokens)"] + (GAMMA - 1) * ms["draft step (1 token)"] + GAMMA * draw
+             + ms["draft probabilities q, 4 rows, T=1"] + ms["target verify (5 tokens)"]
+             + ms["target probabilities p, 5 rows, T=1"] + ms["acceptance test + residual draw"])
+    plain = ms["target step (1 token)"] + draw
     print(f"sum of the block's pieces {parts:.3f} ms; plain token (step + sampling) {plain:.3f} ms; "
           f"block / plain token {whole / plain:.2f}: the block efficiency tau at which speculative decoding "
           f"breaks even; 2x needs tau {2 * whole / plain:.2f}")
