@@ -395,9 +395,10 @@ class SpeculativeDecoder:
     State on the device: tokens (1, n_slots), both KV caches, and length (1,): the slot where
     the block's first new token goes. Slot 0 holds a padding token that nothing attends to (the
     caches' start is 1); the prompt fills slots 1..P. Each cache holds keys/values for a prefix
-    of the tokens: the target's for all but the newest token, the draft's for all but the
-    newest TWO (after a fully accepted block it has seen neither x_gamma nor the bonus token,
-    after a rejection it has not seen the replacement). So every block starts by feeding the
+    of the tokens: the target's for all but the newest token, the draft's, as a block starts,
+    for all but the newest TWO (after a fully accepted block it has seen neither x_gamma nor
+    the bonus token, after a rejection it has not seen the replacement; a prompt, or tokens of
+    plain steps, it is caught up on first). So every block starts by feeding the
     draft the last two tokens, whatever happened before -- one shape for every block, which a
     CUDA graph needs -- and the padding slot makes that possible for a one-token prompt.
     Rolling back after a rejection costs nothing: the next block simply writes from the
@@ -478,13 +479,14 @@ class SpeculativeDecoder:
         return torch.cat([n_accepted.view(1), self.tokens[0].index_select(0, first + offsets), draft_tokens])
 
     def start(self, prompt: list[int], pad_id: int = 0) -> None:
-        """Write the prompt into slots 1..P and both caches: the target's up to all but the
-        newest token, the draft's up to all but the newest two (the block's invariant)."""
+        """Write the prompt into slots 1..P and the target's cache, up to all but the newest
+        token. Not the draft's: generate catches the draft up before its first block, as after
+        plain steps, so that a call that runs plain steps only (gamma "auto" with a draft that
+        does not pay) pays for no draft prefill -- on a CPU, a tenth of a long prompt's time."""
         P = len(prompt)
         self.tokens[0, : P + 1] = torch.tensor([pad_id] + prompt, device=self.tokens.device)
         self.length.fill_(P + 1)
         self.steps.prefill(self.target, self.tokens, self.target_cache, 1, P)
-        self.steps.prefill(self.draft, self.tokens, self.draft_cache, 1, P - 1)
 
     @torch.no_grad()
     def generate(self, prompt_ids, max_new_tokens: int, gamma: int | str = 4, temperature: float = 1.0,
@@ -531,7 +533,7 @@ class SpeculativeDecoder:
         synchronize(self.target.device)
         started = time.perf_counter()
         self.start(prompt, pad_id)
-        new_tokens, blocks, n_tokens, draft_end = [], [], P, P - 1     # the draft holds slots < draft_end
+        new_tokens, blocks, n_tokens, draft_end = [], [], P, 1         # the draft holds slots < draft_end
         with self.steps.generator(generator) as generator:
             while len(new_tokens) < max_new_tokens:
                 iteration_started = time.perf_counter()
@@ -545,7 +547,7 @@ class SpeculativeDecoder:
                         self.sampler))
                     n_accepted, drafted, window = 0, [], token.tolist()
                 else:
-                    if draft_end < n_tokens - 1:                  # catch the draft up after plain steps
+                    if draft_end < n_tokens - 1:                  # catch the draft up: the prompt, plain steps
                         self.steps.prefill(self.draft, self.tokens, self.draft_cache, draft_end, n_tokens - 1)
                     read = self.steps.run((block_gamma, sampling, draft_mode),
                                           lambda: self.block(block_gamma, sampling, generator, draft_mode))
@@ -593,6 +595,7 @@ class SpeculativeDecoder:
             raise ValueError(f"a prompt of {len(prompt)} tokens and blocks of up to {max_gamma} do not fit the "
                              f"decoder's {self.tokens.shape[1]} slots")
         self.start(prompt)
+        self.steps.prefill(self.draft, self.tokens, self.draft_cache, 1, len(prompt) - 1)   # blocks only, here
         first = len(prompt) + 1
 
         def median_seconds(key, step) -> float:

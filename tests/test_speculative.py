@@ -1192,6 +1192,25 @@ def test_auto_gamma_times_a_plain_step_after_a_run_of_blocks(monkeypatch):
     assert 0 not in decoder.generate(prompt, 12, "auto", 0.0)[1]["drafted_per_block"]
 
 
+def test_a_call_of_plain_steps_only_never_runs_the_draft(monkeypatch):
+    """The draft is caught up on the prompt before its first block, not at the start: gamma
+    "auto" choosing plain steps throughout pays for no draft pass at all."""
+    target = random_model(0, vocab_size=32)
+    draft = perturbed_copy(target, 0.5)
+    prompt = [3, 1, 4, 1, 5, 9]
+    decoder = SpeculativeDecoder(target, draft, decoder_slots(target, draft, [prompt], 10, 2))
+    decoder.measure_costs(prompt, 0.0, max_gamma=2, repeats=1)
+    draft_passes = []
+    draft.register_forward_pre_hook(lambda module, args: draft_passes.append(args[0].shape[1]))
+    scheduled_gammas(monkeypatch, [0])
+    tokens, stats = decoder.generate(prompt, 10, "auto", temperature=0)
+    assert stats["drafted_per_block"] == [0] * 10 and draft_passes == []
+    assert torch.equal(tokens, plain_decode(target, prompt, 10, temperature=0))
+    scheduled_gammas(monkeypatch, [0, 0, 2])    # 2 plain steps, then blocks: first a catch-up on all but the
+    decoder.generate(prompt, 6, "auto", temperature=0)                     # newest 2 of the prompt and 2 tokens
+    assert draft_passes[:3] == [len(prompt) + 2 - 2, 2, 1] and len(draft_passes) > 3
+
+
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_auto_gamma_with_plain_steps_between_blocks_is_exact(monkeypatch, temperature):
     """gamma 0 is a plain step of the target alone; the draft falls behind and is caught up
