@@ -37,7 +37,7 @@ from common import check_output, differences, parse_list, parse_named_paths, run
 from data import load_jsonl_prompts
 from model import Llama, count_params
 from speculative import (MAX_AUTO_GAMMA, Decoder, SpeculativeDecoder, check_context, check_draft_mode, check_pair,
-                         check_sampling, decoder_slots, measured_draft_mode, timed_plain_run, warm_up)
+                         check_sampling, decoder_slots, loop_cost, measured_draft_mode, timed_plain_run, warm_up)
 from tokenizer import chat_prompt, check_vocab, load_tokenizer
 
 
@@ -87,8 +87,10 @@ def pool_runs(runs: list[tuple[int, dict]]) -> dict:
 
 
 def costs_ms(costs: dict) -> dict:
-    """SpeculativeDecoder's step costs in milliseconds, rounded: {"plain": ms, "block": {gamma: ms}}."""
-    return {"plain": round(costs["plain"] * 1e3, 4), "block": {g: round(c * 1e3, 4) for g, c in costs["block"].items()}}
+    """SpeculativeDecoder's step costs in the loop (speculative.loop_cost) in milliseconds,
+    rounded: {"plain": ms, "block": {gamma: ms}}."""
+    return {"plain": round(loop_cost(costs, 0) * 1e3, 4), "block": {g: round(loop_cost(costs, g) * 1e3, 4)
+                                                                    for g in costs["block"]}}
 
 
 def evaluate_pair(target: Llama, draft: Llama, prompts: list[list[int]], gammas: list, temperature: float,

@@ -21,7 +21,7 @@ Read it top to bottom, in the order of the algorithm:
                       the arithmetic between model calls as the decoders call it, compiled or not;
   one block           `SpeculativeDecoder.block`: gamma draft tokens, one target pass, the rule;
   the loop            `SpeculativeDecoder.generate`, and `measure_costs` for gamma "auto";
-  choosing gamma      `expected_tokens`, `choose_gamma`, `update_cost`, `AcceptanceCounts`
+  choosing gamma      `expected_tokens`, `choose_gamma`, `loop_cost`, `update_cost`, `AcceptanceCounts`
                       (PAPER.md 5.5);
   metrics and timing  `block_stats` (what a call counted); `warm_up` and `timed_plain_run`, the
                       one timer of plain decoding that evaluate.py, bench.py and
@@ -584,9 +584,9 @@ class SpeculativeDecoder:
         at the prompt's position. The cost of a block does not depend on how many of its tokens
         are accepted: the draft's and the target's passes are the same work either way. Kept for
         gamma="auto" (choose_gamma) under these sampling settings, and returned:
-        {"plain": seconds, "block": {gamma: seconds}, "timed": {gamma: 0}} ("timed": how many of
-        the loop's iterations have corrected each cost since, update_cost; gamma 0 is the plain
-        step). Draws from a generator of its own."""
+        {"plain": seconds, "block": {gamma: seconds}}, with the loop's factors for plain steps and
+        blocks, 1 until the loop times them, and the count of its timings ("loop", "timed":
+        update_cost). Draws from a generator of its own."""
         check_sampling(temperature, top_k, top_p)
         check_draft_mode(draft_mode)
         sampling = (temperature, top_k, top_p)
@@ -615,8 +615,8 @@ class SpeculativeDecoder:
             blocks = {g: median_seconds((g, sampling, draft_mode),
                                         lambda g=g: self.block(g, sampling, generator, draft_mode))
                       for g in range(1, max_gamma + 1)}
-        self.costs[(sampling, draft_mode)] = {"plain": plain, "block": blocks,
-                                              "timed": dict.fromkeys(range(max_gamma + 1), 0)}
+        self.costs[(sampling, draft_mode)] = {"plain": plain, "block": blocks, "loop": {"plain": 1.0, "block": 1.0},
+                                              "timed": {"plain": 0, "block": 0}}
         self.blocks_since_plain[(sampling, draft_mode)] = 0
         return self.costs[(sampling, draft_mode)]
 
@@ -638,38 +638,50 @@ def expected_tokens(alphas: list[float], gamma: int) -> float:
 
 def choose_gamma(alphas: list[float], costs: dict) -> int:
     """The gamma whose block makes the most expected tokens per second, expected_tokens(alphas,
-    gamma) / costs["block"][gamma], or 0 (plain decoding) when none beats a plain step's
-    1 / costs["plain"]. alphas: alpha_k for k = 1 .. the largest gamma in costs."""
-    best, best_rate = 0, 1.0 / costs["plain"]
-    for gamma, seconds in sorted(costs["block"].items()):
-        rate = expected_tokens(alphas, gamma) / seconds
+    gamma) / its cost in the loop (loop_cost), or 0 (plain decoding) when none beats a plain
+    step's 1 / loop_cost(costs, 0). alphas: alpha_k for k = 1 .. the largest gamma in costs."""
+    best, best_rate = 0, 1.0 / loop_cost(costs, 0)
+    for gamma in sorted(costs["block"]):
+        rate = expected_tokens(alphas, gamma) / loop_cost(costs, gamma)
         if rate > best_rate:
             best, best_rate = gamma, rate
     return best
 
 
+def loop_cost(costs: dict, gamma: int) -> float:
+    """Seconds of a plain step (gamma 0) or of a block of gamma in the decode loop: its cost timed
+    alone (costs["plain"], costs["block"][gamma]) times the loop's factor for its kind, plain or
+    block (costs["loop"], update_cost; 1 where the loop has not timed that kind yet)."""
+    alone, kind = (costs["plain"], "plain") if gamma == 0 else (costs["block"][gamma], "block")
+    return alone * costs.get("loop", {}).get(kind, 1.0)
+
+
 def update_cost(costs: dict, gamma: int, seconds: float, weight: float) -> None:
-    """Move the cost of a plain step (gamma 0) or of a block of gamma toward the time one
-    iteration of the decode loop just took, in place:
+    """Move the loop's factor for a plain step (gamma 0) or for a block (any gamma) toward what one
+    iteration of the decode loop just took, over that step's cost timed alone, in place:
 
-        c <- c + w (min(seconds, 2 c) - c),   w = max(weight, 1 / (n + 1))
+        f <- f + w (min(seconds / alone, 2 f) - f),   w = max(weight, 1 / (n + 1))
 
-    with n the iterations of this gamma timed so far, this one included (costs["timed"]).
-    measure_costs times each step alone. The loop pays more or less: its bookkeeping between
+    with n the iterations of that kind timed so far, this one included (costs["timed"]).
+    measure_costs times each step alone. The loop pays more, or less: its bookkeeping between
     blocks, the draft's catch-up after plain steps, a GPU left idle while the host decides, a
-    launch that overlaps the step before it -- enough to turn a block that pays alone into one
-    that does not (BENCHMARKS.md section 2 measures the gap). So the cost follows the loop: at
-    first the mean of the measurement and every timing since (w = 1/2, 1/3, ...: a step seldom
-    run is not left near a measurement that may be off), then a running average over the last
-    1 / weight iterations. An observation counts for at most twice the estimate, so that one
-    pause of the machine (a garbage collection, another process) cannot price a gamma out for
+    processor's caches that the other model has emptied -- enough to turn a block that pays
+    alone into one that does not (BENCHMARKS.md sections 2 and 3 measure the gap). Why one factor
+    for every gamma: the loop's extra is much the same share of any block, and a factor per gamma
+    would be corrected only when its gamma runs -- a gamma that looks cheap because its own factor
+    has never been measured gets chosen, and found out, one gamma after another. Why the mean
+    first: the measurement and every timing since count alike (w = 1/2, 1/3, ...) until the
+    running average over the last 1 / weight iterations takes over, so a few iterations correct
+    a measurement that is off. An observation counts for at most twice the factor, so that one
+    pause of the machine (a garbage collection, another process) cannot price a kind out for
     long. weight 0 keeps the costs."""
     if weight == 0:
         return
-    timed = costs.setdefault("timed", {})
-    timed[gamma] = timed.get(gamma, 0) + 1
-    table, key = (costs, "plain") if gamma == 0 else (costs["block"], gamma)
-    table[key] += max(weight, 1 / (timed[gamma] + 1)) * (min(seconds, 2 * table[key]) - table[key])
+    alone, kind = (costs["plain"], "plain") if gamma == 0 else (costs["block"][gamma], "block")
+    loop = costs.setdefault("loop", {"plain": 1.0, "block": 1.0})
+    timed = costs.setdefault("timed", {"plain": 0, "block": 0})
+    timed[kind] += 1
+    loop[kind] += max(weight, 1 / (timed[kind] + 1)) * (min(seconds / alone, 2 * loop[kind]) - loop[kind])
 
 
 class AcceptanceCounts:

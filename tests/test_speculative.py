@@ -36,7 +36,7 @@ from evaluate import (ci_gaps, evaluate_pair, mean_ci95, memory_bound_speedup, p
                       separation_lines)
 import speculative as speculative_module
 from speculative import (AcceptanceCounts, Decoder, SpeculativeDecoder, block_stats, choose_gamma, decoder_slots,
-                         draw, expected_tokens, exponentials, race, sample_probs, sample_token, update_cost, verify,
+                         draw, expected_tokens, exponentials, loop_cost, race, sample_probs, sample_token, update_cost, verify,
                          verify_argmax, verify_draws, verify_greedy)
 
 SIGNIFICANCE = 0.001   # chi-square tests: a correct implementation fails 1 time in 1000 seeds
@@ -843,7 +843,7 @@ def test_evaluate_pair_pools_runs_seeded_per_prompt():
 
 def test_evaluate_pair_keeps_the_costs_auto_chose_from():
     """An "auto" row carries the step costs in ms: as measure_costs measured them, and as the
-    loop's timings left them after the row's runs (the decoder's own)."""
+    loop's timings left them after the row's runs (the decoder's own, loop_cost)."""
     target = random_model(0, vocab_size=16)
     draft = perturbed_copy(target, noise=0.3)
     prompts = [[1], [2, 3]]
@@ -857,8 +857,8 @@ def test_evaluate_pair_keeps_the_costs_auto_chose_from():
     fixed, auto = evaluate_pair(target, draft, prompts, [2, "auto"], 1.0, 10, seed=7, decoder=decoder)
     assert "costs_ms" not in fixed
     after = decoder.costs[((1.0, None, None), "sample")]
-    assert auto["costs_ms"]["after"] == {"plain": round(after["plain"] * 1e3, 4),
-                                         "block": {g: round(c * 1e3, 4) for g, c in after["block"].items()}}
+    assert auto["costs_ms"]["after"] == {"plain": round(loop_cost(after, 0) * 1e3, 4),
+                                         "block": {g: round(loop_cost(after, g) * 1e3, 4) for g in (1, 2)}}
     assert auto["costs_ms"]["measured"]["block"].keys() == {1, 2}
     assert auto["costs_ms"]["measured"]["plain"] == round(measured[0]["plain"] * 1e3, 4)
     assert auto["costs_ms"]["measured"] != auto["costs_ms"]["after"]          # the loop moved them
@@ -1045,28 +1045,37 @@ def test_choose_gamma_on_synthetic_costs():
     # alpha 0.2: 1.2/1.3 = 0.92 < 1 plain token per unit: plain decoding
     assert choose_gamma([0.2] * 4, costs) == 0
     assert choose_gamma([0.9] * 4, {"plain": 1.0, "block": {1: 3.0, 2: 3.5}}) == 0   # a draft too slow
+    # In a loop where blocks cost 1.5 times their time alone: at alpha 0.6 the best, 1.96 / 2.25 = 0.87, loses
+    assert choose_gamma([0.6] * 4, {**costs, "loop": {"plain": 1.0, "block": 1.5}}) == 0
+    assert choose_gamma([0.6] * 4, {**costs, "loop": {"plain": 1.5, "block": 1.5}}) == 2   # one factor for both
 
 
 def test_update_cost_by_hand():
-    costs = {"plain": 1.0, "block": {1: 2.0, 2: 4.0}, "timed": {0: 0, 1: 0, 2: 0}}
-    update_cost(costs, 1, 3.0, 0.25)                 # the first timing: the mean with the measurement, 2 + (3 - 2) / 2
-    update_cost(costs, 1, 3.5, 0.25)                 # the second: 2.5 + (3.5 - 2.5) / 3
-    update_cost(costs, 0, 0.6, 0.25)                 # 1 + (0.6 - 1) / 2
-    update_cost(costs, 2, 100.0, 0.25)               # a pause counts as twice the estimate: 4 + (8 - 4) / 2
-    assert costs["plain"] == pytest.approx(0.8) and costs["block"] == pytest.approx({1: 2.5 + 1 / 3, 2: 6.0})
-    assert costs["timed"] == {0: 1, 1: 2, 2: 1}
-    for _ in range(2):                               # timings 3 and 4 of gamma 1: weights 1/4, then 1/4 (not 1/5)
-        update_cost(costs, 1, 5.0, 0.25)
-    assert costs["block"][1] == pytest.approx(5 - (5 - (2.5 + 1 / 3)) * (3 / 4) ** 2)
-    update_cost(costs, 1, 50.0, 0)                   # weight 0 keeps the costs
-    assert costs["block"][1] == pytest.approx(5 - (5 - (2.5 + 1 / 3)) * (3 / 4) ** 2) and costs["timed"][1] == 4
-    update_cost(bare := {"plain": 1.0, "block": {1: 2.0}}, 1, 3.0, 0.25)   # costs written by hand: nothing timed yet
-    assert bare["block"][1] == 2.5 and bare["timed"] == {1: 1}
+    costs = {"plain": 1.0, "block": {1: 2.0, 2: 4.0}, "loop": {"plain": 1.0, "block": 1.0}, "timed": {"plain": 0, "block": 0}}
+    update_cost(costs, 1, 3.0, 0.25)        # the first block timed: the mean of 1 and 3 / 2, f = 1.25
+    update_cost(costs, 2, 7.0, 0.25)        # the second, of another gamma: 1.25 + (7 / 4 - 1.25) / 3 = 1.4166
+    update_cost(costs, 0, 0.6, 0.25)        # plain steps have a factor of their own: 1 + (0.6 - 1) / 2 = 0.8
+    assert costs["loop"] == pytest.approx({"plain": 0.8, "block": 1.25 + 0.5 / 3})
+    assert costs["timed"] == {"plain": 1, "block": 2}
+    assert costs["plain"] == 1.0 and costs["block"] == {1: 2.0, 2: 4.0}            # the costs timed alone stay
+    assert [loop_cost(costs, g) for g in (0, 1, 2)] == pytest.approx([0.8, 2 * (1.25 + 0.5 / 3), 4 * (1.25 + 0.5 / 3)])
+    factor = costs["loop"]["block"]
+    update_cost(costs, 1, 100.0, 0.25)      # a pause counts as twice the factor: the third timing, w = 1/4
+    assert costs["loop"]["block"] == pytest.approx(factor + (2 * factor - factor) / 4)
+    for _ in range(10):                     # past 1 / weight timings the weight stays 1/4: a running average
+        update_cost(costs, 2, 4.0, 0.25)
+    assert costs["loop"]["block"] == pytest.approx(1 + (1.25 * factor - 1) * 0.75 ** 10)   # ratio 1, 10 times
+    update_cost(costs, 1, 50.0, 0)          # weight 0 keeps the costs
+    assert costs["timed"]["block"] == 13
+    update_cost(bare := {"plain": 1.0, "block": {1: 2.0}}, 1, 3.0, 0.25)    # costs written by hand: factors of 1
+    assert bare["loop"] == {"plain": 1.0, "block": 1.25} and bare["timed"] == {"plain": 0, "block": 1}
+    assert loop_cost({"plain": 1.0, "block": {1: 2.0}}, 1) == 2.0
 
 
 def test_auto_gamma_learns_the_loops_costs():
     """Costs far off what the loop takes (seconds, where a tiny model's step takes about a
-    millisecond) move toward the loop's timings: a block tried at every step gets cheaper."""
+    millisecond) move toward the loop's timings: the blocks' factor falls at every block, and with
+    it the cost of every gamma, run or not."""
     target = random_model(0, vocab_size=32)
     prompt = [3, 1, 4]
     decoder = SpeculativeDecoder(target, copy.deepcopy(target), decoder_slots(target, target, [prompt], 20, 2))
@@ -1074,12 +1083,13 @@ def test_auto_gamma_learns_the_loops_costs():
     tokens, stats = decoder.generate(prompt, 20, "auto", temperature=0)
     assert torch.equal(tokens, plain_decode(target, prompt, 20, temperature=0))
     assert set(stats["drafted_per_block"]) == {2}                # gamma 2: more tokens for the same cost
-    assert costs["plain"] == 10.0 and costs["block"][1] == 1.0   # never run, never moved
     n = len(stats["blocks"])
-    assert costs["timed"] == {2: n - 1}                          # every block but the first was timed
-    # The k-th timing moves the cost max(1/8, 1/(k + 1)) of the way to about a millisecond, not 0.
+    assert costs["timed"] == {"plain": 0, "block": n - 1}        # every block but the first was timed
+    assert costs["loop"]["plain"] == 1.0                         # no plain step run: its factor unmoved
+    # The k-th timing moves the factor max(1/8, 1/(k + 1)) of the way to about 1/1000, not 0.
     left = math.prod(1 - max(1 / 8, 1 / (k + 1)) for k in range(1, n))
-    assert left <= costs["block"][2] < left + 0.05
+    assert left <= costs["loop"]["block"] < left + 0.05
+    assert loop_cost(costs, 1) == loop_cost(costs, 2) == costs["loop"]["block"]   # gamma 1 moved with gamma 2
 
 
 def test_auto_gamma_leaves_the_first_iterations_time_out_of_its_costs(monkeypatch):
@@ -1186,8 +1196,8 @@ def test_auto_gamma_times_a_plain_step_after_a_run_of_blocks(monkeypatch):
     assert calls == [[2, 2, 2, 2],         # 4 blocks in a row as the call ends: the count goes on
                      [2, 0, 2, 2, 2],      # the check, after the first iteration (which is not timed)
                      [2, 0, 2, 2, 2]]      # 3 blocks, then 1 into this call: the check again
-    assert costs["timed"][0] == 2                                  # each check timed
-    assert costs["plain"] < 10.0 / (costs["timed"][0] + 1) + 0.05  # the mean of 10 and timings of about 0
+    assert costs["timed"]["plain"] == 2                            # each check timed
+    assert costs["loop"]["plain"] < 1 / 3 + 0.01                   # the mean of 1 and two factors of about 0
     decoder.plain_check_every = 0                                  # 0: never
     assert 0 not in decoder.generate(prompt, 12, "auto", 0.0)[1]["drafted_per_block"]
 
