@@ -234,7 +234,7 @@ def loop_costs(target: Llama, draft: Llama, path: str, gamma: int, temperature: 
     token_wall = (plain_seconds[long] - plain_seconds[short]) / (long - short)
     # The GPU time of the recorded steps, replayed from a fixed position (reset between replays).
     first = 1 + 64 + short          # a position inside the decoder's slots, whatever the last run left
-    block_graph = speculative.steps.recorded[(gamma, (temperature, None, None))]
+    block_graph = speculative.steps.recorded[(gamma, (temperature, None, None), "sample")]
     step_graph = plain.steps.recorded[(temperature, None, None)]
     block_gpu = cuda_time(lambda: (speculative.length.fill_(first), block_graph()), repeats=50)
     start = 64 + short

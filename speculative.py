@@ -362,14 +362,14 @@ def keep_matching(draft_tokens: torch.Tensor, target_tokens: torch.Tensor) -> tu
 
 
 class Sampler:
-    """The arithmetic a decoder does between its model calls -- `sample_probs`, `draw`, `verify`
-    and `verify_argmax` -- as the decoder calls it: the functions themselves, or, with
+    """The arithmetic a decoder does between its model calls -- `sample_probs`, `race`, `draw`,
+    `verify` and `verify_argmax` -- as the decoder calls it: the functions themselves, or, with
     compile_backend (fast_decode's GPU paths that compile), each one compiled by torch.compile.
 
     Why compile them. On a GPU each tensor operation is a kernel of its own, and at T > 0 a block
     runs dozens of tiny ones beside its model calls: a draw over each of the draft's rows of
-    49,152 logits, the softmaxes of the block's q and p, the acceptance test's gathers and
-    comparisons, the residual.
+    49,152 logits, and under the rejection rule the softmaxes of the block's q and p, the
+    acceptance test's gathers and comparisons, the residual.
     Recorded in a CUDA graph they cost no launches from the host, but each still runs, one after
     another, and a row's reduction runs on few of the GPU's cores. torch.compile fuses each function
     into a few kernels and splits a long row's reductions across the GPU (BENCHMARKS.md section 2
@@ -381,7 +381,7 @@ class Sampler:
     def __init__(self, compile_backend: str | None = None):
         def wrap(function):
             return torch.compile(function, fullgraph=True, backend=compile_backend) if compile_backend else function
-        self.probs, self.draw = wrap(sample_probs), wrap(draw)
+        self.probs, self.race, self.draw = wrap(sample_probs), wrap(race), wrap(draw)
         self.verify, self.verify_argmax = wrap(verify), wrap(verify_argmax)
 
 
@@ -443,14 +443,21 @@ class SpeculativeDecoder:
         # 1. The draft proposes x_1..x_gamma, fed the last two tokens, then each of its proposals.
         draft_slots = first - 2 + offsets[:2]
         draft_input = self.tokens.index_select(1, draft_slots)                     # (1, 2)
-        draft_tokens, draft_logits = [], []
+        # Top-p needs q_i itself to draw x_i (draw), so then q_i is kept as it is made; otherwise
+        # the draws need only logits, and q_1..q_gamma are made in one call for the rule.
+        nucleus = sampling[2] is not None and sampling[2] < 1
+        draft_tokens, draft_rows = [], []                      # draft_rows: q_i, or the logits of q_i
         for i in range(gamma):
             logits = self.draft(draft_input, self.draft_cache, draft_slots)[:, -1]  # (1, V) or (1, K)
             if argmax:
                 x = logits.argmax(dim=-1)                                           # x_i = argmax q_i, (1,)
+            elif nucleus:
+                q = self.sampler.probs(logits, *sampling)                           # q_i
+                x = self.sampler.race(q, exponentials(q, generator))                # x_i ~ q_i, (1,)
+                draft_rows.append(q)
             else:
                 x = self.sampler.draw(logits, exponentials(logits, generator), *sampling)   # x_i ~ q_i, (1,)
-                draft_logits.append(logits)
+                draft_rows.append(logits)
             if draft_vocab is not None:
                 x = draft_vocab[x]
             draft_tokens.append(x)
@@ -466,8 +473,9 @@ class SpeculativeDecoder:
             n_accepted, next_token = self.sampler.verify_argmax(
                 draft_tokens, target_logits, exponentials(target_logits, generator), *sampling)
         else:
-            # q_1..q_gamma in one call for the block (the draws above needed none of them), then p_i.
-            draft_probs = self.sampler.probs(torch.cat(draft_logits), *sampling)         # (gamma, V) or (gamma, K)
+            draft_probs = torch.cat(draft_rows)                                           # (gamma, V) or (gamma, K)
+            if not nucleus:                                                               # q_1..q_gamma from logits
+                draft_probs = self.sampler.probs(draft_probs, *sampling)
             target_probs = self.sampler.probs(target_logits, *sampling)                  # (gamma + 1, V)
             n_accepted, next_token = self.sampler.verify(draft_tokens, draft_probs, target_probs,
                                                          *verify_draws(target_probs, generator), draft_vocab)
@@ -529,7 +537,7 @@ class SpeculativeDecoder:
             raise ValueError(f"a prompt of {P} tokens, {max_new_tokens} new ones and gamma {max_gamma} do not fit "
                              f"the decoder's {self.tokens.shape[1]} slots")
         counts = self.acceptance.setdefault(key, AcceptanceCounts())
-        since_plain = self.blocks_since_plain.get(key, 0)
+        since_plain = self.blocks_since_plain.get(key, 0)      # blocks in a row, for the plain check
         synchronize(self.target.device)
         started = time.perf_counter()
         self.start(prompt, pad_id)
@@ -537,6 +545,10 @@ class SpeculativeDecoder:
         with self.steps.generator(generator) as generator:
             while len(new_tokens) < max_new_tokens:
                 iteration_started = time.perf_counter()
+                # Timed for the costs (update_cost says why), but not an iteration that pays for the
+                # prompt: the first, whose wait includes the prompt's prefill (start() launched it
+                # without waiting), and the one that catches the draft up on the prompt.
+                timed = bool(blocks)
                 chosen = choose_gamma(counts.optimistic_alphas(max_gamma), self.costs[key]) if auto else gamma
                 if auto and blocks and 0 < self.plain_check_every <= since_plain:
                     chosen = 0                                    # the plain step's check (docstring)
@@ -548,6 +560,7 @@ class SpeculativeDecoder:
                     n_accepted, drafted, window = 0, [], token.tolist()
                 else:
                     if draft_end < n_tokens - 1:                  # catch the draft up: the prompt, plain steps
+                        timed = timed and draft_end > 1           # (draft_end 1: nothing of the prompt yet)
                         self.steps.prefill(self.draft, self.tokens, self.draft_cache, draft_end, n_tokens - 1)
                     read = self.steps.run((block_gamma, sampling, draft_mode),
                                           lambda: self.block(block_gamma, sampling, generator, draft_mode))
@@ -558,17 +571,15 @@ class SpeculativeDecoder:
                 new_tokens += cut_at_stop(window[: n_accepted + 1], stop_ids)
                 blocks.append((drafted, n_accepted, window[n_accepted]))
                 n_tokens += n_accepted + 1
-                # The loop's own cost of what it just ran (update_cost says why); not the first
-                # iteration's: start() launched the prompt's prefill without waiting for it, so that
-                # iteration's wait includes it -- several steps' time that no later step pays.
-                if auto and len(blocks) > 1:
+                if auto and timed:
                     update_cost(self.costs[key], block_gamma, time.perf_counter() - iteration_started,
                                 self.cost_update)
                 since_plain = since_plain + 1 if block_gamma else 0
                 if new_tokens and new_tokens[-1] in stop_ids:
                     break
         seconds = time.perf_counter() - started
-        self.blocks_since_plain[key] = since_plain
+        if auto:                                     # what fixed gammas run leaves the check alone
+            self.blocks_since_plain[key] = since_plain
         new_tokens = new_tokens[:max_new_tokens]
         stats = block_stats([n for _, n, _ in blocks], [len(drafted) for drafted, _, _ in blocks],
                             len(new_tokens), seconds)
@@ -650,10 +661,16 @@ def choose_gamma(alphas: list[float], costs: dict) -> int:
 
 def loop_cost(costs: dict, gamma: int) -> float:
     """Seconds of a plain step (gamma 0) or of a block of gamma in the decode loop: its cost timed
-    alone (costs["plain"], costs["block"][gamma]) times the loop's factor for its kind, plain or
-    block (costs["loop"], update_cost; 1 where the loop has not timed that kind yet)."""
-    alone, kind = (costs["plain"], "plain") if gamma == 0 else (costs["block"][gamma], "block")
+    alone times the loop's factor for its kind (costs["loop"], update_cost; 1 where the loop has
+    not timed that kind yet)."""
+    alone, kind = alone_cost(costs, gamma)
     return alone * costs.get("loop", {}).get(kind, 1.0)
+
+
+def alone_cost(costs: dict, gamma: int) -> tuple[float, str]:
+    """(seconds timed alone, kind): costs["plain"] and "plain" for gamma 0, else costs["block"][gamma]
+    and "block"."""
+    return (costs["plain"], "plain") if gamma == 0 else (costs["block"][gamma], "block")
 
 
 def update_cost(costs: dict, gamma: int, seconds: float, weight: float) -> None:
@@ -677,7 +694,7 @@ def update_cost(costs: dict, gamma: int, seconds: float, weight: float) -> None:
     long. weight 0 keeps the costs."""
     if weight == 0:
         return
-    alone, kind = (costs["plain"], "plain") if gamma == 0 else (costs["block"][gamma], "block")
+    alone, kind = alone_cost(costs, gamma)
     loop = costs.setdefault("loop", {"plain": 1.0, "block": 1.0})
     timed = costs.setdefault("timed", {"plain": 0, "block": 0})
     timed[kind] += 1

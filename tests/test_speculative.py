@@ -696,8 +696,8 @@ def test_argmax_drafting_equals_the_rejection_rule_at_temperature_0(gamma):
         assert torch.equal(runs[0][0], runs[1][0])
         assert runs[0][1]["accepted_per_block"] == runs[1][1]["accepted_per_block"]
         assert torch.equal(runs[0][0], plain_decode(target, prompt, 20, temperature=0))
-    # The decoders send both modes to verify_greedy at T = 0; the engines' rule itself gives the
-    # same answer on the one-hot distributions of T = 0, for every prefix length that can match.
+    # The decoders send both modes to verify_greedy at T = 0; the engines' rule itself, given
+    # T = 0 (where draw takes the target's argmax), gives the same answer for every prefix length.
     logits = torch.randn(gamma + 1, 32)
     argmaxes = logits.argmax(-1)
     for n_matching in range(gamma + 1):
@@ -1092,22 +1092,24 @@ def test_auto_gamma_learns_the_loops_costs():
     assert loop_cost(costs, 1) == loop_cost(costs, 2) == costs["loop"]["block"]   # gamma 1 moved with gamma 2
 
 
-def test_auto_gamma_leaves_the_first_iterations_time_out_of_its_costs(monkeypatch):
+def test_auto_gamma_leaves_what_a_call_pays_for_its_prompt_out_of_its_costs(monkeypatch):
     """The first iteration of a call waits for the prompt's prefill too (start() launches it on a
-    GPU without waiting): counted as a step's cost, it would price the prefill into whichever step
-    comes first, at every call. Every later iteration is counted, plain steps too."""
+    GPU without waiting), and the first block catches the draft up on the prompt: counted as a
+    step's cost, either would price the prompt into a step, at every call. Every other iteration
+    is counted, plain steps too, and a block that catches the draft up on plain steps alone."""
     target = random_model(0, vocab_size=32)
     prompt = [3, 1, 4]
     decoder = SpeculativeDecoder(target, perturbed_copy(target, 0.5), decoder_slots(target, target, [prompt], 20, 2))
     decoder.costs[((1.0, None, None), "sample")] = {"plain": 1.0, "block": {1: 1.6, 2: 1.8}}
     counted = []
     monkeypatch.setattr(speculative_module, "update_cost", lambda costs, gamma, seconds, weight: counted.append(gamma))
-    for first in (2, 0):                                 # a block first, then a plain step first
+    for first, untimed in ((2, [0]), (0, [0, 2])):      # a block first; a plain step first, then the block at 2
         scheduled_gammas(monkeypatch, [first, 0, 1, 0, 2])
         counted.clear()
         stats = decoder.generate(prompt, 20, "auto", temperature=1.0, generator=torch.Generator().manual_seed(0))[1]
-        assert stats["drafted_per_block"][:5] == [first, 0, 1, 0, 2]
-        assert counted == stats["drafted_per_block"][1:]
+        drafted = stats["drafted_per_block"]
+        assert drafted[:5] == [first, 0, 1, 0, 2]
+        assert counted == [gamma for i, gamma in enumerate(drafted) if i not in untimed]
 
 
 def test_acceptance_counts_by_hand():
@@ -1126,12 +1128,12 @@ def test_acceptance_counts_by_hand():
 
 
 def test_the_decoders_do_all_their_sampling_through_their_sampler():
-    """Every sample_probs, draw, verify and verify_argmax of a step goes through the decoder's
+    """Every sample_probs, race, draw, verify and verify_argmax of a step goes through the decoder's
     Sampler, so that compiling the Sampler compiles all of a step's sampling."""
     from speculative import Sampler
     calls = collections.Counter()
     counting = Sampler()
-    for name in ("probs", "draw", "verify", "verify_argmax"):
+    for name in ("probs", "race", "draw", "verify", "verify_argmax"):
         function = getattr(counting, name)
         setattr(counting, name, lambda *args, name=name, function=function: calls.update([name]) or function(*args))
     target = random_model(0, vocab_size=32)
@@ -1142,6 +1144,9 @@ def test_the_decoders_do_all_their_sampling_through_their_sampler():
     calls.clear()
     speculative.generate([3, 1, 4], 1, 3, 1.0, draft_mode="argmax")    # the target's draws inside the rule
     assert calls == {"verify_argmax": 1}
+    calls.clear()
+    speculative.generate([3, 1, 4], 1, 3, 1.0, top_p=0.9)   # top-p: each q_i made to draw x_i, kept for the rule
+    assert calls == {"probs": 4, "race": 3, "verify": 1}
     calls.clear()
     plain.generate([[3, 1, 4]], 2, 1.0)
     assert calls == {"draw": 2}
@@ -1197,6 +1202,10 @@ def test_auto_gamma_times_a_plain_step_after_a_run_of_blocks(monkeypatch):
                      [2, 0, 2, 2, 2],      # the check, after the first iteration (which is not timed)
                      [2, 0, 2, 2, 2]]      # 3 blocks, then 1 into this call: the check again
     assert costs["timed"]["plain"] == 2                            # each check timed
+    key = ((0.0, None, None), "sample")
+    decoder.generate(prompt, 12, 2, 0.0)                           # a fixed gamma: blocks the check does not count
+    assert decoder.blocks_since_plain[key] == 3
+    assert decoder.generate(prompt, 12, "auto", 0.0)[1]["drafted_per_block"] == [2, 0, 2, 2, 2]
     assert costs["loop"]["plain"] < 1 / 3 + 0.01                   # the mean of 1 and two factors of about 0
     decoder.plain_check_every = 0                                  # 0: never
     assert 0 not in decoder.generate(prompt, 12, "auto", 0.0)[1]["drafted_per_block"]
@@ -1209,9 +1218,11 @@ def test_a_call_of_plain_steps_only_never_runs_the_draft(monkeypatch):
     draft = perturbed_copy(target, 0.5)
     prompt = [3, 1, 4, 1, 5, 9]
     decoder = SpeculativeDecoder(target, draft, decoder_slots(target, draft, [prompt], 10, 2))
-    decoder.measure_costs(prompt, 0.0, max_gamma=2, repeats=1)
     draft_passes = []
     draft.register_forward_pre_hook(lambda module, args: draft_passes.append(args[0].shape[1]))
+    decoder.measure_costs(prompt, 0.0, max_gamma=2, repeats=1)
+    assert draft_passes[0] == len(prompt) - 2       # measure_costs times blocks: it prefills the draft (but the newest 2)
+    draft_passes.clear()
     scheduled_gammas(monkeypatch, [0])
     tokens, stats = decoder.generate(prompt, 10, "auto", temperature=0)
     assert stats["drafted_per_block"] == [0] * 10 and draft_passes == []
