@@ -60,6 +60,16 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -
         raise ValueError(f"top_p must be in (0, 1] (1 keeps every token), got {top_p}")
 
 
+def scaled_logits(logits: torch.Tensor, temperature: float, top_k: int | None = None) -> torch.Tensor:
+    """logits / temperature in float32 (bfloat16 would round them), with every token outside the
+    top_k most likely at -inf: log p(x) + log Z of the distribution before top-p (T > 0)."""
+    scores = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth_largest = torch.topk(scores, top_k, dim=-1).values[..., -1:]          # (..., 1)
+        scores = scores.masked_fill(scores < kth_largest, float("-inf"))
+    return scores
+
+
 def sample_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None) -> torch.Tensor:
     """The processed next-token distribution (..., V), float32, rows summing to 1.
@@ -72,12 +82,7 @@ def sample_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | No
     """
     if temperature == 0:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
-    if temperature != 1:                       # at T = 1 the division is skipped (softmax converts itself)
-        logits = logits.float() / temperature  # divided in float32: bf16 would round logits / T
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth_largest = torch.topk(logits, top_k, dim=-1).values[..., -1:]      # (..., 1)
-        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
-    probs = torch.softmax(logits, dim=-1, dtype=torch.float32)              # computed in float32
+    probs = torch.softmax(scaled_logits(logits, temperature, top_k), dim=-1)   # computed in float32
     if top_p is not None and top_p < 1:
         sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
         mass_before = sorted_probs.cumsum(-1) - sorted_probs                  # mass of strictly more likely tokens
@@ -116,18 +121,15 @@ def draw(logits: torch.Tensor, races: torch.Tensor, temperature: float = 1.0, to
     log p(x) = logits_x / T - log Z with one normaliser Z for every x: so the winner is the
     largest logits_x / T - log E_x (the Gumbel-max trick; -log E_x is a Gumbel variable). No
     softmax, no sum over the row: one pass over the logits, where sample_probs and race make three.
-    Top-k keeps this form (the tokens it drops score -inf, as their p is 0); top-p needs the
-    sorted probabilities, so there the race runs on them. Temperature 0 is the argmax of the
-    logits (sample_token says why that is the race of T = 0), and draws on none of the races."""
+    Top-k keeps this form (`scaled_logits`: the tokens it drops score -inf, as their p is 0);
+    top-p needs the sorted probabilities, so there the race runs on them. Temperature 0 is the
+    argmax of the logits (sample_token says why that is the race of T = 0), and draws on none of
+    the races."""
     if temperature == 0:
         return logits.argmax(dim=-1)
     if top_p is not None and top_p < 1:
         return race(sample_probs(logits, temperature, top_k, top_p), races)
-    scores = logits.float() / temperature                        # log p(x) + log Z, in float32
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth_largest = torch.topk(scores, top_k, dim=-1).values[..., -1:]          # (..., 1)
-        scores = scores.masked_fill(scores < kth_largest, float("-inf"))
-    return (scores - races.log()).argmax(dim=-1)
+    return (scaled_logits(logits, temperature, top_k) - races.log()).argmax(dim=-1)
 
 
 def sample_token(logits: torch.Tensor, sampling: tuple, generator: torch.Generator | None = None,

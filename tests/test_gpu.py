@@ -93,8 +93,9 @@ def test_graphed_argmax_drafting_auto_gamma_and_a_shortlist_match_eager(compile,
         if short:
             shortlist_head(eager_pair[1], shortlist)
             shortlist_head(fast_pair[1], shortlist)
-        assert_decoders_agree(SpeculativeDecoder(*eager_pair, SLOTS), SpeculativeDecoder(*fast_pair, SLOTS, graphs=True, compile_sampling=compile),
-                              PROMPTS, mode, auto, monkeypatch)
+        fast = SpeculativeDecoder(*fast_pair, SLOTS, graphs=True, compile_sampling=compile)
+        assert_decoders_agree(SpeculativeDecoder(*eager_pair, SLOTS), fast, PROMPTS, mode, auto, monkeypatch)
+
 
 def test_gpu_paths_record_their_steps_and_the_compiling_ones_compile_the_sampling():
     from fast_decode import GPU_PATHS, apply_decode_path
