@@ -21,8 +21,8 @@ Read it top to bottom, in the order of the algorithm:
                       the arithmetic between model calls as the decoders call it, compiled or not;
   one block           `SpeculativeDecoder.block`: gamma draft tokens, one target pass, the rule;
   the loop            `SpeculativeDecoder.generate`, and `measure_costs` for gamma "auto";
-  choosing gamma      `expected_tokens`, `choose_gamma`, `loop_cost`, `update_cost`, `AcceptanceCounts`
-                      (PAPER.md 5.5);
+  choosing gamma      `expected_tokens`, `choose_gamma`, `predicted_gain`, `loop_cost`, `update_cost`,
+                      `AcceptanceCounts` (PAPER.md 5.5);
   metrics and timing  `block_stats` (what a call counted); `warm_up` and `timed_plain_run`, the
                       one timer of plain decoding that evaluate.py, bench.py and
                       `python speculative.py --bench` share.
@@ -422,6 +422,7 @@ class SpeculativeDecoder:
         self.costs = {}        # (sampling, draft_mode) -> this machine's step costs (measure_costs)
         self.cost_update = 1 / 8   # weight of each timed loop iteration in those costs (update_cost); 0 keeps them
         self.plain_check_every = 32   # gamma "auto" times a plain step after this many blocks in a row; 0 never
+        self.plain_check_margin = 1.25   # ... unless the block is predicted to beat plain by this factor or more
         self.blocks_since_plain = {}  # (sampling, draft_mode) -> blocks run since the last plain step
         self.acceptance = {}   # (sampling, draft_mode) -> AcceptanceCounts over the calls so far
 
@@ -513,7 +514,10 @@ class SpeculativeDecoder:
         target alone, when no block is predicted to beat it. After `plain_check_every` blocks in
         a row it times one plain step anyway: a cost is corrected only when its step runs, and a
         plain step's cost that stayed too high would let blocks run on that lose to plain
-        decoding, never to be found out. (One step in 33 costs at most 1/33 of the gain.)"""
+        decoding, never to be found out. Only where that could happen: when the chosen block is
+        predicted to beat a plain step by less than `plain_check_margin` (predicted_gain), which a
+        plain cost too high by that factor would explain. Where blocks clearly pay, the check
+        would only cost: the plain step, and the draft's catch-up after it."""
         auto = gamma == "auto"
         if not auto and gamma < 1:
             raise ValueError(f"gamma (draft tokens per block) must be >= 1, got {gamma}")
@@ -551,8 +555,10 @@ class SpeculativeDecoder:
                 # prompt: the first, whose wait includes the prompt's prefill (start() launched it
                 # without waiting), and the one that catches the draft up on the prompt.
                 timed = bool(blocks)
-                chosen = choose_gamma(counts.optimistic_alphas(max_gamma), self.costs[key]) if auto else gamma
-                if auto and blocks and 0 < self.plain_check_every <= since_plain:
+                alphas = counts.optimistic_alphas(max_gamma) if auto else None
+                chosen = choose_gamma(alphas, self.costs[key]) if auto else gamma
+                if (auto and chosen and blocks and 0 < self.plain_check_every <= since_plain
+                        and predicted_gain(alphas, self.costs[key], chosen) < self.plain_check_margin):
                     chosen = 0                                    # the plain step's check (docstring)
                 block_gamma = min(chosen, context - n_tokens)     # = chosen except at the end of a context
                 if block_gamma == 0:                              # a plain step; the draft falls behind
@@ -652,13 +658,17 @@ def expected_tokens(alphas: list[float], gamma: int) -> float:
 def choose_gamma(alphas: list[float], costs: dict) -> int:
     """The gamma whose block makes the most expected tokens per second, expected_tokens(alphas,
     gamma) / its cost in the loop (loop_cost), or 0 (plain decoding) when none beats a plain
-    step's 1 / loop_cost(costs, 0). alphas: alpha_k for k = 1 .. the largest gamma in costs."""
-    best, best_rate = 0, 1.0 / loop_cost(costs, 0)
-    for gamma in sorted(costs["block"]):
-        rate = expected_tokens(alphas, gamma) / loop_cost(costs, gamma)
-        if rate > best_rate:
-            best, best_rate = gamma, rate
-    return best
+    step's 1 / loop_cost(costs, 0). alphas: alpha_k for k = 1 .. the largest gamma in costs.
+    Of gammas predicted alike, the smallest."""
+    gains = {gamma: predicted_gain(alphas, costs, gamma) for gamma in sorted(costs["block"])}
+    best = max(gains, key=gains.get)
+    return best if gains[best] > 1 else 0
+
+
+def predicted_gain(alphas: list[float], costs: dict, gamma: int) -> float:
+    """How many times a plain step's tokens per second a block of gamma is predicted to make:
+    (E(gamma) / c(gamma)) / (1 / c_plain), the costs as the loop prices them (loop_cost)."""
+    return expected_tokens(alphas, gamma) * loop_cost(costs, 0) / loop_cost(costs, gamma)
 
 
 def loop_cost(costs: dict, gamma: int) -> float:

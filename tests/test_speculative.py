@@ -36,8 +36,8 @@ from evaluate import (ci_gaps, evaluate_pair, mean_ci95, memory_bound_speedup, p
                       separation_lines)
 import speculative as speculative_module
 from speculative import (AcceptanceCounts, Decoder, SpeculativeDecoder, block_stats, choose_gamma, decoder_slots,
-                         draw, expected_tokens, exponentials, loop_cost, race, sample_probs, sample_token, update_cost, verify,
-                         verify_argmax, verify_draws, verify_greedy)
+                         draw, expected_tokens, exponentials, loop_cost, predicted_gain, race, sample_probs, sample_token,
+                         update_cost, verify, verify_argmax, verify_draws, verify_greedy)
 
 SIGNIFICANCE = 0.001   # chi-square tests: a correct implementation fails 1 time in 1000 seeds
 
@@ -1048,6 +1048,11 @@ def test_choose_gamma_on_synthetic_costs():
     # In a loop where blocks cost 1.5 times their time alone: at alpha 0.6 the best, 1.96 / 2.25 = 0.87, loses
     assert choose_gamma([0.6] * 4, {**costs, "loop": {"plain": 1.0, "block": 1.5}}) == 0
     assert choose_gamma([0.6] * 4, {**costs, "loop": {"plain": 1.5, "block": 1.5}}) == 2   # one factor for both
+    # Its margin over plain decoding: 1.31 plain steps' tokens per unit of time at gamma 2 (above);
+    # with the loop's plain step at 1.5 and blocks at 1.2 their time alone, 1.31 * 1.5 / 1.2 = 1.63
+    assert predicted_gain([0.6] * 4, costs, 2) == pytest.approx(1.96 / 1.5)
+    assert predicted_gain([0.6] * 4, {**costs, "loop": {"plain": 1.5, "block": 1.2}}, 2) == pytest.approx(1.96 / 1.2)
+    assert choose_gamma([0.5, 0.5], {"plain": 1.0, "block": {1: 0.75, 2: 0.875}}) == 1  # 1.5 / 0.75 = 1.75 / 0.875: a tie
 
 
 def test_update_cost_by_hand():
@@ -1196,6 +1201,7 @@ def test_auto_gamma_times_a_plain_step_after_a_run_of_blocks(monkeypatch):
     decoder = SpeculativeDecoder(target, copy.deepcopy(target), decoder_slots(target, target, [prompt], 12, 2))
     decoder.costs[((0.0, None, None), "sample")] = costs = {"plain": 10.0, "block": {1: 1.0, 2: 1.0}}
     decoder.plain_check_every = 4
+    decoder.plain_check_margin = math.inf          # every block close to plain (the margin's own test is next)
     scheduled_gammas(monkeypatch, [2])                             # choose_gamma always says 2
     calls = [decoder.generate(prompt, 12, "auto", 0.0)[1]["drafted_per_block"] for _ in range(3)]
     assert calls == [[2, 2, 2, 2],         # 4 blocks in a row as the call ends: the count goes on
@@ -1209,6 +1215,25 @@ def test_auto_gamma_times_a_plain_step_after_a_run_of_blocks(monkeypatch):
     assert costs["loop"]["plain"] < 1 / 3 + 0.01                   # the mean of 1 and two factors of about 0
     decoder.plain_check_every = 0                                  # 0: never
     assert 0 not in decoder.generate(prompt, 12, "auto", 0.0)[1]["drafted_per_block"]
+
+
+def test_the_plain_check_runs_only_where_plain_decoding_could_win(monkeypatch):
+    """The check is paid for only when the chosen block is predicted to beat a plain step by less
+    than plain_check_margin: a plain cost too high by more than that is what it guards against."""
+    target = random_model(0, vocab_size=32)
+    prompt = [3, 1, 4]
+    decoder = SpeculativeDecoder(target, copy.deepcopy(target), decoder_slots(target, target, [prompt], 12, 2))
+    decoder.costs[((0.0, None, None), "sample")] = {"plain": 1.0, "block": {1: 1.0, 2: 1.0}}
+    decoder.plain_check_every, decoder.plain_check_margin = 2, 1.25
+    scheduled_gammas(monkeypatch, [2])
+    gains = []
+    monkeypatch.setattr(speculative_module, "predicted_gain", lambda alphas, costs, gamma: gains.pop(0))
+    gains[:] = [1.25, 1.25]                # asked before the 3rd and 4th blocks (2 in a row): not below it
+    assert decoder.generate(prompt, 12, "auto", 0.0)[1]["drafted_per_block"] == [2, 2, 2, 2]
+    assert gains == []
+    gains[:] = [1.24, 1.25]                # due at once, just below the margin: a plain step; 2 blocks later, not
+    assert decoder.generate(prompt, 12, "auto", 0.0)[1]["drafted_per_block"] == [2, 0, 2, 2, 2]
+    assert gains == []
 
 
 def test_a_call_of_plain_steps_only_never_runs_the_draft(monkeypatch):
