@@ -156,8 +156,10 @@ def block_pieces(draft_name: str = "smollm2-draft-4l", shortlist: int | None = N
     # the copies in and out) is not shared among its blocks -- at T=1 a block keeps more tokens
     # than at T=0, so a call has fewer blocks to share it. With a stop token, as evaluate.py
     # decodes: plain decoding then asks after every token whether to stop (a host sync per
-    # token, as the speculative loop has one per block); the steps are counted as made.
-    prompt, short, long, stop = fill[0, : CONTEXT - 96].tolist(), 16, 80, (V - 1,)
+    # token, as the speculative loop has one per block). The stop id is one past the vocabulary,
+    # which no model can draw: both calls make all their tokens (a stop token drawn early in both
+    # would leave them the same count of steps to subtract).
+    prompt, short, long, stop = fill[0, : CONTEXT - 96].tolist(), 16, 80, (V,)
     loops = {}
     for label, (temperature, compiled) in cases.items():
         speculative, plain_decoder = decoders[compiled]
