@@ -21,8 +21,8 @@ Read it top to bottom, in the order of the algorithm:
                       the arithmetic between model calls as the decoders call it, compiled or not;
   one block           `SpeculativeDecoder.block`: gamma draft tokens, one target pass, the rule;
   the loop            `SpeculativeDecoder.generate`, and `measure_costs` for gamma "auto";
-  choosing gamma      `expected_tokens`, `choose_gamma`, `predicted_gain`, `loop_cost`, `update_cost`,
-                      `AcceptanceCounts` (PAPER.md 5.5);
+  choosing gamma      `expected_tokens`, `choose_gamma`, `predicted_gain`, `pays_for_catch_up`, `loop_cost`,
+                      `update_cost`, `AcceptanceCounts` (PAPER.md 5.5);
   metrics and timing  `block_stats` (what a call counted); `warm_up` and `timed_plain_run`, the
                       one timer of plain decoding that evaluate.py, bench.py and
                       `python speculative.py --bench` share.
@@ -517,7 +517,9 @@ class SpeculativeDecoder:
         decoding, never to be found out. Only where that could happen: when the chosen block is
         predicted to beat a plain step by less than `plain_check_margin` (predicted_gain), which a
         plain cost too high by that factor would explain. Where blocks clearly pay, the check
-        would only cost: the plain step, and the draft's catch-up after it."""
+        would only cost: the plain step, and the draft's catch-up after it. A block that must
+        first catch the draft up (on the prompt, or after plain steps) runs only if what blocks
+        are predicted to save over the tokens left pays for the catch-up (pays_for_catch_up)."""
         auto = gamma == "auto"
         if not auto and gamma < 1:
             raise ValueError(f"gamma (draft tokens per block) must be >= 1, got {gamma}")
@@ -557,9 +559,14 @@ class SpeculativeDecoder:
                 timed = bool(blocks)
                 alphas = counts.optimistic_alphas(max_gamma) if auto else None
                 chosen = choose_gamma(alphas, self.costs[key]) if auto else gamma
-                if (auto and chosen and blocks and 0 < self.plain_check_every <= since_plain
-                        and predicted_gain(alphas, self.costs[key], chosen) < self.plain_check_margin):
-                    chosen = 0                                    # the plain step's check (docstring)
+                behind = n_tokens - 1 - draft_end                 # tokens the draft must catch up on first
+                if auto and chosen:
+                    gain = predicted_gain(alphas, self.costs[key], chosen)
+                    if blocks and 0 < self.plain_check_every <= since_plain and gain < self.plain_check_margin:
+                        chosen = 0                                # the plain step's check (docstring)
+                    elif behind and not pays_for_catch_up(gain, self.costs[key], behind,
+                                                          max_new_tokens - len(new_tokens)):
+                        chosen = 0                                # blocks would not earn the catch-up back
                 block_gamma = min(chosen, context - n_tokens)     # = chosen except at the end of a context
                 if block_gamma == 0:                              # a plain step; the draft falls behind
                     token = self.steps.run(("plain", sampling), lambda: decode_step(
@@ -567,7 +574,7 @@ class SpeculativeDecoder:
                         self.sampler))
                     n_accepted, drafted, window = 0, [], token.tolist()
                 else:
-                    if draft_end < n_tokens - 1:                  # catch the draft up: the prompt, plain steps
+                    if behind > 0:                                # catch the draft up: the prompt, plain steps
                         timed = timed and draft_end > 1           # (draft_end 1: nothing of the prompt yet)
                         self.steps.prefill(self.draft, self.tokens, self.draft_cache, draft_end, n_tokens - 1)
                     read = self.steps.run((block_gamma, sampling, draft_mode),
@@ -604,8 +611,10 @@ class SpeculativeDecoder:
         are accepted: the draft's and the target's passes are the same work either way. Kept for
         gamma="auto" (choose_gamma) under these sampling settings, and returned:
         {"plain": seconds, "block": {gamma: seconds}}, with the loop's factors for plain steps and
-        blocks, 1 until the loop times them, and the count of its timings ("loop", "timed":
-        update_cost). Draws from a generator of its own."""
+        blocks, 1 until the loop times them, the count of its timings ("loop", "timed":
+        update_cost), and "catch_up": seconds per token of the draft's prefill of the prompt (the
+        least of two timings, per token of the prompt; pays_for_catch_up). Draws from a generator
+        of its own."""
         check_sampling(temperature, top_k, top_p)
         check_draft_mode(draft_mode)
         sampling = (temperature, top_k, top_p)
@@ -614,8 +623,14 @@ class SpeculativeDecoder:
             raise ValueError(f"a prompt of {len(prompt)} tokens and blocks of up to {max_gamma} do not fit the "
                              f"decoder's {self.tokens.shape[1]} slots")
         self.start(prompt)
-        self.steps.prefill(self.draft, self.tokens, self.draft_cache, 1, len(prompt) - 1)   # blocks only, here
         first = len(prompt) + 1
+        draft_prefill = []         # the draft's prefill of the prompt (but the newest 2), which blocks need
+        for _ in range(3):         # the first records or compiles; the later the least of 2
+            synchronize(self.target.device)
+            started = time.perf_counter()
+            self.steps.prefill(self.draft, self.tokens, self.draft_cache, 1, len(prompt) - 1)
+            synchronize(self.target.device)
+            draft_prefill.append(time.perf_counter() - started)
 
         def median_seconds(key, step) -> float:
             self.steps.run(key, step)                              # untimed: records, compiles
@@ -635,7 +650,8 @@ class SpeculativeDecoder:
                                         lambda g=g: self.block(g, sampling, generator, draft_mode))
                       for g in range(1, max_gamma + 1)}
         self.costs[(sampling, draft_mode)] = {"plain": plain, "block": blocks, "loop": {"plain": 1.0, "block": 1.0},
-                                              "timed": {"plain": 0, "block": 0}}
+                                              "timed": {"plain": 0, "block": 0},
+                                              "catch_up": min(draft_prefill[1:]) / max(1, len(prompt) - 2)}
         self.blocks_since_plain[(sampling, draft_mode)] = 0
         return self.costs[(sampling, draft_mode)]
 
@@ -669,6 +685,23 @@ def predicted_gain(alphas: list[float], costs: dict, gamma: int) -> float:
     """How many times a plain step's tokens per second a block of gamma is predicted to make:
     (E(gamma) / c(gamma)) / (1 / c_plain), the costs as the loop prices them (loop_cost)."""
     return expected_tokens(alphas, gamma) * loop_cost(costs, 0) / loop_cost(costs, gamma)
+
+
+def pays_for_catch_up(gain: float, costs: dict, behind: int, tokens_left: int) -> bool:
+    """Whether blocks predicted to make `gain` times plain decoding's tokens per second
+    (predicted_gain) save, over the tokens_left still to make, more than catching the draft up
+    on the `behind` tokens it has not seen costs: a draft prefill, once, before the first block
+    (a call's prompt, or the tokens of plain steps).
+
+        tokens_left c_plain (1 - 1 / gain)  >  behind c_catch_up
+
+    Plain decoding makes the tokens left in tokens_left c_plain seconds, blocks in 1 / gain of
+    that. c_catch_up, costs["catch_up"], is
+    seconds per token of the draft's prefill of a prompt (measure_costs; 0 if not measured).
+    Why it matters: a prompt of a thousand tokens costs the draft a prefill that a few blocks
+    of a small gain never earn back -- on a CPU several plain steps' time. tokens_left counts to
+    max_new_tokens: an answer that stops sooner saves less, so the rule leans toward blocks."""
+    return tokens_left * loop_cost(costs, 0) * (1 - 1 / gain) > behind * costs.get("catch_up", 0.0)
 
 
 def loop_cost(costs: dict, gamma: int) -> float:

@@ -36,7 +36,7 @@ from evaluate import (ci_gaps, evaluate_pair, mean_ci95, memory_bound_speedup, p
                       separation_lines)
 import speculative as speculative_module
 from speculative import (AcceptanceCounts, Decoder, SpeculativeDecoder, block_stats, choose_gamma, decoder_slots,
-                         draw, expected_tokens, exponentials, loop_cost, predicted_gain, race, sample_probs, sample_token,
+                         draw, expected_tokens, exponentials, loop_cost, pays_for_catch_up, predicted_gain, race, sample_probs, sample_token,
                          update_cost, verify, verify_argmax, verify_draws, verify_greedy)
 
 SIGNIFICANCE = 0.001   # chi-square tests: a correct implementation fails 1 time in 1000 seeds
@@ -1186,9 +1186,11 @@ def test_one_early_rejection_does_not_stop_auto_gamma_from_trying_blocks():
 
 
 def scheduled_gammas(monkeypatch, schedule: list[int]):
-    """Make gamma="auto" follow `schedule` (then its last value), whatever the costs say."""
+    """Make gamma="auto" follow `schedule` (then its last value), whatever the costs say (the
+    draft's catch-up too)."""
     chosen = iter(schedule)
     monkeypatch.setattr(speculative_module, "choose_gamma", lambda alphas, costs: next(chosen, schedule[-1]))
+    monkeypatch.setattr(speculative_module, "pays_for_catch_up", lambda gain, costs, behind, tokens_left: True)
 
 
 def test_auto_gamma_times_a_plain_step_after_a_run_of_blocks(monkeypatch):
@@ -1226,14 +1228,11 @@ def test_the_plain_check_runs_only_where_plain_decoding_could_win(monkeypatch):
     decoder.costs[((0.0, None, None), "sample")] = {"plain": 1.0, "block": {1: 1.0, 2: 1.0}}
     decoder.plain_check_every, decoder.plain_check_margin = 2, 1.25
     scheduled_gammas(monkeypatch, [2])
-    gains = []
-    monkeypatch.setattr(speculative_module, "predicted_gain", lambda alphas, costs, gamma: gains.pop(0))
-    gains[:] = [1.25, 1.25]                # asked before the 3rd and 4th blocks (2 in a row): not below it
-    assert decoder.generate(prompt, 12, "auto", 0.0)[1]["drafted_per_block"] == [2, 2, 2, 2]
-    assert gains == []
-    gains[:] = [1.24, 1.25]                # due at once, just below the margin: a plain step; 2 blocks later, not
-    assert decoder.generate(prompt, 12, "auto", 0.0)[1]["drafted_per_block"] == [2, 0, 2, 2, 2]
-    assert gains == []
+    gain = 1.25
+    monkeypatch.setattr(speculative_module, "predicted_gain", lambda alphas, costs, gamma: gain)
+    assert decoder.generate(prompt, 12, "auto", 0.0)[1]["drafted_per_block"] == [2, 2, 2, 2]   # at the margin: none
+    gain = 1.24                                  # below it: due at once, then after every 2 blocks
+    assert decoder.generate(prompt, 12, "auto", 0.0)[1]["drafted_per_block"] == [2, 0, 2, 2, 0, 2]
 
 
 def test_a_call_of_plain_steps_only_never_runs_the_draft(monkeypatch):
@@ -1245,8 +1244,9 @@ def test_a_call_of_plain_steps_only_never_runs_the_draft(monkeypatch):
     decoder = SpeculativeDecoder(target, draft, decoder_slots(target, draft, [prompt], 10, 2))
     draft_passes = []
     draft.register_forward_pre_hook(lambda module, args: draft_passes.append(args[0].shape[1]))
-    decoder.measure_costs(prompt, 0.0, max_gamma=2, repeats=1)
-    assert draft_passes[0] == len(prompt) - 2       # measure_costs times blocks: it prefills the draft (but the newest 2)
+    costs = decoder.measure_costs(prompt, 0.0, max_gamma=2, repeats=1)
+    # measure_costs times blocks and the draft's prefill (3 times, all but the newest 2 tokens): its catch-up
+    assert draft_passes[:3] == [len(prompt) - 2] * 3 and costs["catch_up"] > 0
     draft_passes.clear()
     scheduled_gammas(monkeypatch, [0])
     tokens, stats = decoder.generate(prompt, 10, "auto", temperature=0)
@@ -1299,6 +1299,40 @@ def test_auto_gamma_switching_to_plain_steps_samples_the_target_joint(monkeypatc
     assert chi_square_p_value(counts, without_top_p) < SIGNIFICANCE, "no power: the joint without top-p was not rejected"
 
 
+def test_pays_for_catch_up_by_hand():
+    """Blocks at a gain of 1.5 save a third of a plain step per token: over 10 tokens 3.33 plain
+    steps, more than a catch-up on 30 tokens at 0.1 a token (3.0), less than one on 34 (3.4)."""
+    costs = {"plain": 1.0, "block": {1: 1.0}, "catch_up": 0.1}
+    assert predicted_gain([0.5], costs, 1) == 1.5                  # alpha 1/2, a block priced as a plain step
+    assert pays_for_catch_up(1.5, costs, behind=30, tokens_left=10)
+    assert not pays_for_catch_up(1.5, costs, behind=34, tokens_left=10)
+    assert pays_for_catch_up(1.5, {"plain": 1.0, "block": {1: 1.0}}, behind=10**6, tokens_left=1)  # unmeasured: free
+    # In the loop's prices: plain steps at twice their time alone save twice as much per token
+    assert pays_for_catch_up(1.5, {**costs, "loop": {"plain": 2.0, "block": 2.0}}, behind=60, tokens_left=10)
+
+
+def test_auto_gamma_keeps_plain_steps_where_blocks_cannot_earn_the_drafts_catch_up():
+    """A prompt the draft has not seen costs it a prefill before the first block: where the
+    tokens left cannot earn it back, auto decodes plainly, and the draft never runs; the same
+    call with a free catch-up runs blocks."""
+    target = random_model(0, vocab_size=32)
+    draft = copy.deepcopy(target)
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6]
+    decoder = SpeculativeDecoder(target, draft, decoder_slots(target, draft, [prompt], 12, 2))
+    decoder.cost_update = 0
+    key = ((0.0, None, None), "sample")
+    # alpha 3/4 (the prior, optimistic): E(2) = 2.31 tokens for 1.5 plain steps, a gain of 1.54;
+    # 12 tokens save 12 (1 - 1 / 1.54) = 4.2 plain steps, against 6 tokens of catch-up at 1 each
+    decoder.costs[key] = {"plain": 1.0, "block": {1: 1.2, 2: 1.5}, "catch_up": 1.0}
+    draft_passes = []
+    draft.register_forward_pre_hook(lambda module, args: draft_passes.append(args[0].shape[1]))
+    tokens, stats = decoder.generate(prompt, 12, "auto", temperature=0)
+    assert stats["drafted_per_block"] == [0] * 12 and draft_passes == []
+    assert torch.equal(tokens, plain_decode(target, prompt, 12, temperature=0))
+    decoder.costs[key]["catch_up"] = 0.5                     # 3 plain steps of catch-up: blocks pay for it
+    assert decoder.generate(prompt, 12, "auto", temperature=0)[1]["drafted_per_block"][0] == 2
+
+
 def test_auto_gamma_falls_back_to_plain_decoding_when_no_block_pays():
     target = random_model(0, vocab_size=32)
     draft = perturbed_copy(target, noise=3.0)                    # a draft that is seldom right
@@ -1306,6 +1340,7 @@ def test_auto_gamma_falls_back_to_plain_decoding_when_no_block_pays():
     decoder = SpeculativeDecoder(target, draft, decoder_slots(target, draft, [prompt], 40, 4))
     costs = decoder.measure_costs(prompt, 0.0, max_gamma=4, repeats=1)
     assert set(costs["block"]) == {1, 2, 3, 4} and min(costs["block"].values()) > 0 < costs["plain"]
+    assert costs["catch_up"] > 0
     # A block of gamma 1 pays at the prior's alpha of 1/2 (1.5 tokens for 1.3 plain steps), and
     # stops paying once alpha is below 0.3.
     decoder.costs[((0.0, None, None), "sample")] = {"plain": 1.0, "block": {g: 1.1 + 0.2 * g for g in range(1, 5)}}
@@ -1332,8 +1367,7 @@ def assert_decoders_agree(reference: SpeculativeDecoder, other: SpeculativeDecod
         for temperature in (0.0, 1.0):
             runs = []
             for decoder in (reference, other):
-                chosen = iter([2, 0, 0, 3, 0, 1, 3, 0])
-                monkeypatch.setattr(speculative_module, "choose_gamma", lambda alphas, costs: next(chosen, 2))
+                scheduled_gammas(monkeypatch, [2, 0, 0, 3, 0, 1, 3, 0, 2])
                 runs.append(decoder.generate(prompt, 12, "auto" if auto else 3, temperature,
                                              generator=torch.Generator(device).manual_seed(11), draft_mode=draft_mode))
             (expected, stats_expected), (tokens, stats) = runs
