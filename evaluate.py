@@ -88,9 +88,10 @@ def pool_runs(runs: list[tuple[int, dict]]) -> dict:
 
 def costs_ms(costs: dict) -> dict:
     """SpeculativeDecoder's step costs in the loop (speculative.loop_cost) in milliseconds,
-    rounded: {"plain": ms, "block": {gamma: ms}}."""
+    rounded: {"plain": ms, "block": {gamma: ms}, "catch_up": ms per token of the draft's prefill}."""
     return {"plain": round(loop_cost(costs, 0) * 1e3, 4), "block": {g: round(loop_cost(costs, g) * 1e3, 4)
-                                                                    for g in costs["block"]}}
+                                                                    for g in costs["block"]},
+            "catch_up": round(costs.get("catch_up", 0.0) * 1e3, 6)}
 
 
 def evaluate_pair(target: Llama, draft: Llama, prompts: list[list[int]], gammas: list, temperature: float,

@@ -858,9 +858,11 @@ def test_evaluate_pair_keeps_the_costs_auto_chose_from():
     assert "costs_ms" not in fixed
     after = decoder.costs[((1.0, None, None), "sample")]
     assert auto["costs_ms"]["after"] == {"plain": round(loop_cost(after, 0) * 1e3, 4),
-                                         "block": {g: round(loop_cost(after, g) * 1e3, 4) for g in (1, 2)}}
+                                         "block": {g: round(loop_cost(after, g) * 1e3, 4) for g in (1, 2)},
+                                         "catch_up": round(after["catch_up"] * 1e3, 6)}
     assert auto["costs_ms"]["measured"]["block"].keys() == {1, 2}
     assert auto["costs_ms"]["measured"]["plain"] == round(measured[0]["plain"] * 1e3, 4)
+    assert auto["costs_ms"]["measured"]["catch_up"] == round(measured[0]["catch_up"] * 1e3, 6)
     assert auto["costs_ms"]["measured"] != auto["costs_ms"]["after"]          # the loop moved them
 
 
