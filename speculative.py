@@ -696,11 +696,11 @@ def pays_for_catch_up(gain: float, costs: dict, behind: int, tokens_left: int) -
         tokens_left c_plain (1 - 1 / gain)  >  behind c_catch_up
 
     Plain decoding makes the tokens left in tokens_left c_plain seconds, blocks in 1 / gain of
-    that. c_catch_up, costs["catch_up"], is
-    seconds per token of the draft's prefill of a prompt (measure_costs; 0 if not measured).
-    Why it matters: a prompt of a thousand tokens costs the draft a prefill that a few blocks
-    of a small gain never earn back -- on a CPU several plain steps' time. tokens_left counts to
-    max_new_tokens: an answer that stops sooner saves less, so the rule leans toward blocks."""
+    that. c_catch_up, costs["catch_up"], is seconds per token of the draft's prefill of a prompt
+    (measure_costs; 0 if not measured). Why it matters: on a CPU the draft's prefill of a long
+    prompt costs more than blocks of a small gain save over a short answer (BENCHMARKS.md
+    section 3). tokens_left counts to max_new_tokens: an answer that stops sooner saves less,
+    so the rule leans toward blocks."""
     return tokens_left * loop_cost(costs, 0) * (1 - 1 / gain) > behind * costs.get("catch_up", 0.0)
 
 

@@ -36,8 +36,8 @@ from evaluate import (ci_gaps, evaluate_pair, mean_ci95, memory_bound_speedup, p
                       separation_lines)
 import speculative as speculative_module
 from speculative import (AcceptanceCounts, Decoder, SpeculativeDecoder, block_stats, choose_gamma, decoder_slots,
-                         draw, expected_tokens, exponentials, loop_cost, pays_for_catch_up, predicted_gain, race, sample_probs, sample_token,
-                         update_cost, verify, verify_argmax, verify_draws, verify_greedy)
+                         draw, expected_tokens, exponentials, loop_cost, pays_for_catch_up, predicted_gain, race,
+                         sample_probs, sample_token, update_cost, verify, verify_argmax, verify_draws, verify_greedy)
 
 SIGNIFICANCE = 0.001   # chi-square tests: a correct implementation fails 1 time in 1000 seeds
 
@@ -1316,7 +1316,7 @@ def test_pays_for_catch_up_by_hand():
 def test_auto_gamma_keeps_plain_steps_where_blocks_cannot_earn_the_drafts_catch_up():
     """A prompt the draft has not seen costs it a prefill before the first block: where the
     tokens left cannot earn it back, auto decodes plainly, and the draft never runs; the same
-    call with a free catch-up runs blocks."""
+    call with a catch-up half as dear runs blocks."""
     target = random_model(0, vocab_size=32)
     draft = copy.deepcopy(target)
     prompt = [3, 1, 4, 1, 5, 9, 2, 6]
