@@ -88,10 +88,11 @@ def pool_runs(runs: list[tuple[int, dict]]) -> dict:
 
 def costs_ms(costs: dict) -> dict:
     """SpeculativeDecoder's step costs in the loop (speculative.loop_cost) in milliseconds,
-    rounded: {"plain": ms, "block": {gamma: ms}, "catch_up": ms per token of the draft's prefill}."""
+    rounded: {"plain": ms, "block": {gamma: ms}, "catch_up": {"fixed": ms, "per_token": ms}} (the
+    draft's prefill as measure_costs measured it, speculative.catch_up_cost)."""
     return {"plain": round(loop_cost(costs, 0) * 1e3, 4), "block": {g: round(loop_cost(costs, g) * 1e3, 4)
                                                                     for g in costs["block"]},
-            "catch_up": round(costs.get("catch_up", 0.0) * 1e3, 6)}
+            "catch_up": {part: round(seconds * 1e3, 6) for part, seconds in costs["catch_up"].items()}}
 
 
 def evaluate_pair(target: Llama, draft: Llama, prompts: list[list[int]], gammas: list, temperature: float,
@@ -133,10 +134,13 @@ def evaluate_pair(target: Llama, draft: Llama, prompts: list[list[int]], gammas:
     if plain is not None or graphs:      # graphs are recorded, blocks compiled, on first use
         if plain is not None:
             warm_up(lambda prompt: plain.generate([prompt], 2, *sampling), prompts)
+        # The warm-up's iterations pay one-off costs (compiling, recording): not the loop's costs.
+        cost_update, speculative.cost_update = speculative.cost_update, 0
         for mode in measured_modes:
             for gamma in gammas:
                 n_new = (gamma if gamma != "auto" else max_gamma) + 1                  # a block or more
                 warm_up(lambda prompt: speculative.generate(prompt, n_new, gamma, *sampling, draft_mode=mode), prompts)
+        speculative.cost_update = cost_update
     speculative.acceptance.clear()       # "so far" starts with this task's first timed block
     plain_tokens, plain_seconds = 0, 0.0
     runs = {(gamma, mode): [] for mode in measured_modes for gamma in gammas}   # -> [(new tokens, stats)] per prompt

@@ -21,8 +21,8 @@ Read it top to bottom, in the order of the algorithm:
                       the arithmetic between model calls as the decoders call it, compiled or not;
   one block           `SpeculativeDecoder.block`: gamma draft tokens, one target pass, the rule;
   the loop            `SpeculativeDecoder.generate`, and `measure_costs` for gamma "auto";
-  choosing gamma      `expected_tokens`, `choose_gamma`, `predicted_gain`, `pays_for_catch_up`, `loop_cost`,
-                      `update_cost`, `AcceptanceCounts` (PAPER.md 5.5);
+  choosing gamma      `expected_tokens`, `choose_gamma`, `predicted_gain`, `pays_for_catch_up`,
+                      `catch_up_cost`, `loop_cost`, `update_cost`, `AcceptanceCounts` (PAPER.md 5.5);
   metrics and timing  `block_stats` (what a call counted); `warm_up` and `timed_plain_run`, the
                       one timer of plain decoding that evaluate.py, bench.py and
                       `python speculative.py --bench` share.
@@ -515,9 +515,10 @@ class SpeculativeDecoder:
         a row it times one plain step anyway: a cost is corrected only when its step runs, and a
         plain step's cost that stayed too high would let blocks run on that lose to plain
         decoding, never to be found out. Only where that could happen: when the chosen block is
-        predicted to beat a plain step by less than `plain_check_margin` (predicted_gain), which a
-        plain cost too high by that factor would explain. Where blocks clearly pay, the check
-        would only cost: the plain step, and the draft's catch-up after it. A block that must
+        predicted to beat a plain step by less than `plain_check_margin` (predicted_gain, priced
+        with a plain step at no more than its cost timed alone), which a plain cost timed alone
+        too high by that factor would explain. Where blocks clearly pay, the check would only
+        cost: the plain step, and the draft's catch-up after it. A block that must
         first catch the draft up (on the prompt, or after plain steps) runs only if what blocks
         are predicted to save over the tokens left pays for the catch-up (pays_for_catch_up)."""
         auto = gamma == "auto"
@@ -562,10 +563,14 @@ class SpeculativeDecoder:
                 behind = n_tokens - 1 - draft_end                 # tokens the draft must catch up on first
                 if auto and chosen:
                     gain = predicted_gain(alphas, self.costs[key], chosen)
-                    if blocks and 0 < self.plain_check_every <= since_plain and gain < self.plain_check_margin:
+                    # The check's margin does not trust a plain factor the loop raised above 1:
+                    # a plain step priced too high is what the check exists to find out.
+                    plain_factor = max(1.0, self.costs[key].get("loop", {}).get("plain", 1.0))
+                    if (blocks and 0 < self.plain_check_every <= since_plain
+                            and gain / plain_factor < self.plain_check_margin):
                         chosen = 0                                # the plain step's check (docstring)
-                    elif behind and not pays_for_catch_up(gain, self.costs[key], behind,
-                                                          max_new_tokens - len(new_tokens)):
+                    elif behind > 0 and not pays_for_catch_up(gain, self.costs[key], behind,
+                                                              max_new_tokens - len(new_tokens)):
                         chosen = 0                                # blocks would not earn the catch-up back
                 block_gamma = min(chosen, context - n_tokens)     # = chosen except at the end of a context
                 if block_gamma == 0:                              # a plain step; the draft falls behind
@@ -612,9 +617,9 @@ class SpeculativeDecoder:
         gamma="auto" (choose_gamma) under these sampling settings, and returned:
         {"plain": seconds, "block": {gamma: seconds}}, with the loop's factors for plain steps and
         blocks, 1 until the loop times them, the count of its timings ("loop", "timed":
-        update_cost), and "catch_up": seconds per token of the draft's prefill of the prompt (the
-        least of two timings, per token of the prompt; pays_for_catch_up). Draws from a generator
-        of its own."""
+        update_cost), and "catch_up": the draft's prefill, {"fixed": seconds, "per_token": seconds},
+        the line through its times on the prompt and on its first half (catch_up_cost). Draws from
+        a generator of its own."""
         check_sampling(temperature, top_k, top_p)
         check_draft_mode(draft_mode)
         sampling = (temperature, top_k, top_p)
@@ -624,13 +629,21 @@ class SpeculativeDecoder:
                              f"decoder's {self.tokens.shape[1]} slots")
         self.start(prompt)
         first = len(prompt) + 1
-        draft_prefill = []         # the draft's prefill of the prompt (but the newest 2), which blocks need
-        for _ in range(3):         # the first records or compiles; the later the least of 2
+
+        def draft_prefill_seconds(n: int) -> float:       # the draft's prefill of the prompt's first n tokens
             synchronize(self.target.device)
             started = time.perf_counter()
-            self.steps.prefill(self.draft, self.tokens, self.draft_cache, 1, len(prompt) - 1)
+            self.steps.prefill(self.draft, self.tokens, self.draft_cache, 1, 1 + n)
             synchronize(self.target.device)
-            draft_prefill.append(time.perf_counter() - started)
+            return time.perf_counter() - started
+
+        # A fixed part (a chunk's launch, a recorded graph) and a part per token: a line through
+        # two lengths. The whole prompt last: blocks need the draft to hold all but its newest 2.
+        n, half = len(prompt) - 2, (len(prompt) - 2) // 2
+        draft_prefill_seconds(n)                                   # untimed: records, compiles
+        part, whole = draft_prefill_seconds(half), draft_prefill_seconds(n)
+        per_token = max(0.0, (whole - part) / (n - half)) if n > half else 0.0
+        catch_up = {"fixed": max(0.0, whole - per_token * n), "per_token": per_token}
 
         def median_seconds(key, step) -> float:
             self.steps.run(key, step)                              # untimed: records, compiles
@@ -650,8 +663,7 @@ class SpeculativeDecoder:
                                         lambda g=g: self.block(g, sampling, generator, draft_mode))
                       for g in range(1, max_gamma + 1)}
         self.costs[(sampling, draft_mode)] = {"plain": plain, "block": blocks, "loop": {"plain": 1.0, "block": 1.0},
-                                              "timed": {"plain": 0, "block": 0},
-                                              "catch_up": min(draft_prefill[1:]) / max(1, len(prompt) - 2)}
+                                              "timed": {"plain": 0, "block": 0}, "catch_up": catch_up}
         self.blocks_since_plain[(sampling, draft_mode)] = 0
         return self.costs[(sampling, draft_mode)]
 
@@ -677,8 +689,8 @@ def choose_gamma(alphas: list[float], costs: dict) -> int:
     step's 1 / loop_cost(costs, 0). alphas: alpha_k for k = 1 .. the largest gamma in costs.
     Of gammas predicted alike, the smallest."""
     gains = {gamma: predicted_gain(alphas, costs, gamma) for gamma in sorted(costs["block"])}
-    best = max(gains, key=gains.get)
-    return best if gains[best] > 1 else 0
+    best = max(gains, key=gains.get, default=0)
+    return best if best and gains[best] > 1 else 0
 
 
 def predicted_gain(alphas: list[float], costs: dict, gamma: int) -> float:
@@ -693,15 +705,21 @@ def pays_for_catch_up(gain: float, costs: dict, behind: int, tokens_left: int) -
     on the `behind` tokens it has not seen costs: a draft prefill, once, before the first block
     (a call's prompt, or the tokens of plain steps).
 
-        tokens_left c_plain (1 - 1 / gain)  >  behind c_catch_up
+        tokens_left c_plain (1 - 1 / gain)  >  c_catch_up(behind)
 
     Plain decoding makes the tokens left in tokens_left c_plain seconds, blocks in 1 / gain of
-    that. c_catch_up, costs["catch_up"], is seconds per token of the draft's prefill of a prompt
-    (measure_costs; 0 if not measured). Why it matters: on a CPU the draft's prefill of a long
+    that; c_catch_up(behind) is catch_up_cost. Why it matters: on a CPU the draft's prefill of a long
     prompt costs more than blocks of a small gain save over a short answer (BENCHMARKS.md
     section 3). tokens_left counts to max_new_tokens: an answer that stops sooner saves less,
     so the rule leans toward blocks."""
-    return tokens_left * loop_cost(costs, 0) * (1 - 1 / gain) > behind * costs.get("catch_up", 0.0)
+    return tokens_left * loop_cost(costs, 0) * (1 - 1 / gain) > catch_up_cost(costs, behind)
+
+
+def catch_up_cost(costs: dict, behind: int) -> float:
+    """Seconds of the draft's prefill of `behind` tokens: fixed + per_token x behind, as
+    measure_costs measured them (costs["catch_up"]); 0 if not measured."""
+    catch_up = costs.get("catch_up", {"fixed": 0.0, "per_token": 0.0})
+    return catch_up["fixed"] + catch_up["per_token"] * behind
 
 
 def loop_cost(costs: dict, gamma: int) -> float:

@@ -35,9 +35,9 @@ from model import Llama, count_params, get_config
 from evaluate import (ci_gaps, evaluate_pair, mean_ci95, memory_bound_speedup, predicted_block_efficiency,
                       separation_lines)
 import speculative as speculative_module
-from speculative import (AcceptanceCounts, Decoder, SpeculativeDecoder, block_stats, choose_gamma, decoder_slots,
-                         draw, expected_tokens, exponentials, loop_cost, pays_for_catch_up, predicted_gain, race,
-                         sample_probs, sample_token, update_cost, verify, verify_argmax, verify_draws, verify_greedy)
+from speculative import (AcceptanceCounts, Decoder, SpeculativeDecoder, block_stats, catch_up_cost, choose_gamma,
+                         decoder_slots, draw, expected_tokens, exponentials, loop_cost, pays_for_catch_up, predicted_gain,
+                         race, sample_probs, sample_token, update_cost, verify, verify_argmax, verify_draws, verify_greedy)
 
 SIGNIFICANCE = 0.001   # chi-square tests: a correct implementation fails 1 time in 1000 seeds
 
@@ -859,10 +859,11 @@ def test_evaluate_pair_keeps_the_costs_auto_chose_from():
     after = decoder.costs[((1.0, None, None), "sample")]
     assert auto["costs_ms"]["after"] == {"plain": round(loop_cost(after, 0) * 1e3, 4),
                                          "block": {g: round(loop_cost(after, g) * 1e3, 4) for g in (1, 2)},
-                                         "catch_up": round(after["catch_up"] * 1e3, 6)}
+                                         "catch_up": {part: round(seconds * 1e3, 6) for part, seconds
+                                                      in after["catch_up"].items()}}
     assert auto["costs_ms"]["measured"]["block"].keys() == {1, 2}
     assert auto["costs_ms"]["measured"]["plain"] == round(measured[0]["plain"] * 1e3, 4)
-    assert auto["costs_ms"]["measured"]["catch_up"] == round(measured[0]["catch_up"] * 1e3, 6)
+    assert auto["costs_ms"]["measured"]["catch_up"]["per_token"] == round(measured[0]["catch_up"]["per_token"] * 1e3, 6)
     assert auto["costs_ms"]["measured"] != auto["costs_ms"]["after"]          # the loop moved them
 
 
@@ -1223,18 +1224,24 @@ def test_auto_gamma_times_a_plain_step_after_a_run_of_blocks(monkeypatch):
 
 def test_the_plain_check_runs_only_where_plain_decoding_could_win(monkeypatch):
     """The check is paid for only when the chosen block is predicted to beat a plain step by less
-    than plain_check_margin: a plain cost too high by more than that is what it guards against."""
+    than plain_check_margin, which a plain cost timed too high by that factor would explain --
+    priced with the plain step at no more than its cost timed alone, since a plain factor that
+    the loop raised is what the check exists to correct."""
     target = random_model(0, vocab_size=32)
     prompt = [3, 1, 4]
     decoder = SpeculativeDecoder(target, copy.deepcopy(target), decoder_slots(target, target, [prompt], 12, 2))
-    decoder.costs[((0.0, None, None), "sample")] = {"plain": 1.0, "block": {1: 1.0, 2: 1.0}}
-    decoder.plain_check_every, decoder.plain_check_margin = 2, 1.25
+    decoder.costs[((0.0, None, None), "sample")] = costs = {"plain": 1.0, "block": {1: 1.0, 2: 1.0}}
+    decoder.plain_check_every, decoder.plain_check_margin, decoder.cost_update = 2, 1.25, 0
     scheduled_gammas(monkeypatch, [2])
     gain = 1.25
     monkeypatch.setattr(speculative_module, "predicted_gain", lambda alphas, costs, gamma: gain)
     assert decoder.generate(prompt, 12, "auto", 0.0)[1]["drafted_per_block"] == [2, 2, 2, 2]   # at the margin: none
     gain = 1.24                                  # below it: due at once, then after every 2 blocks
     assert decoder.generate(prompt, 12, "auto", 0.0)[1]["drafted_per_block"] == [2, 0, 2, 2, 0, 2]
+    gain, costs["loop"] = 1.5, {"plain": 1.25, "block": 1.0}       # 1.5 / 1.25 = 1.2: below it again
+    assert 0 in decoder.generate(prompt, 12, "auto", 0.0)[1]["drafted_per_block"]
+    gain, costs["loop"] = 1.2, {"plain": 0.8, "block": 1.0}        # a factor below 1 stays in the gain: 1.2
+    assert 0 in decoder.generate(prompt, 12, "auto", 0.0)[1]["drafted_per_block"]
 
 
 def test_a_call_of_plain_steps_only_never_runs_the_draft(monkeypatch):
@@ -1247,8 +1254,10 @@ def test_a_call_of_plain_steps_only_never_runs_the_draft(monkeypatch):
     draft_passes = []
     draft.register_forward_pre_hook(lambda module, args: draft_passes.append(args[0].shape[1]))
     costs = decoder.measure_costs(prompt, 0.0, max_gamma=2, repeats=1)
-    # measure_costs times blocks and the draft's prefill (3 times, all but the newest 2 tokens): its catch-up
-    assert draft_passes[:3] == [len(prompt) - 2] * 3 and costs["catch_up"] > 0
+    # measure_costs times blocks, and the draft's prefill (its catch-up) on the prompt but its newest 2 tokens
+    # (untimed, then timed) and on half of those: a line, fixed + per token
+    n = len(prompt) - 2
+    assert draft_passes[:3] == [n, n // 2, n] and min(costs["catch_up"].values()) >= 0 < catch_up_cost(costs, n)
     draft_passes.clear()
     scheduled_gammas(monkeypatch, [0])
     tokens, stats = decoder.generate(prompt, 10, "auto", temperature=0)
@@ -1304,35 +1313,57 @@ def test_auto_gamma_switching_to_plain_steps_samples_the_target_joint(monkeypatc
 def test_pays_for_catch_up_by_hand():
     """Blocks at a gain of 1.5 save a third of a plain step per token: over 10 tokens 3.33 plain
     steps, more than a catch-up on 30 tokens at 0.1 a token (3.0), less than one on 34 (3.4)."""
-    costs = {"plain": 1.0, "block": {1: 1.0}, "catch_up": 0.1}
+    costs = {"plain": 1.0, "block": {1: 1.0}, "catch_up": {"fixed": 0.0, "per_token": 0.1}}
     assert predicted_gain([0.5], costs, 1) == 1.5                  # alpha 1/2, a block priced as a plain step
     assert pays_for_catch_up(1.5, costs, behind=30, tokens_left=10)
     assert not pays_for_catch_up(1.5, costs, behind=34, tokens_left=10)
+    assert not pays_for_catch_up(1.5, {**costs, "catch_up": {"fixed": 0.5, "per_token": 0.1}}, behind=30, tokens_left=10)
+    assert catch_up_cost({**costs, "catch_up": {"fixed": 0.5, "per_token": 0.1}}, 30) == pytest.approx(3.5)
     assert pays_for_catch_up(1.5, {"plain": 1.0, "block": {1: 1.0}}, behind=10**6, tokens_left=1)  # unmeasured: free
     # In the loop's prices: plain steps at twice their time alone save twice as much per token
     assert pays_for_catch_up(1.5, {**costs, "loop": {"plain": 2.0, "block": 2.0}}, behind=60, tokens_left=10)
 
 
-def test_auto_gamma_keeps_plain_steps_where_blocks_cannot_earn_the_drafts_catch_up():
-    """A prompt the draft has not seen costs it a prefill before the first block: where the
-    tokens left cannot earn it back, auto decodes plainly, and the draft never runs; the same
-    call with a catch-up half as dear runs blocks."""
+@pytest.mark.parametrize("prompt_length, blocks", [(8, True), (9, False)])
+def test_auto_gamma_keeps_plain_steps_where_blocks_cannot_earn_the_drafts_catch_up(prompt_length, blocks):
+    """A prompt the draft has not seen costs it a prefill of all but its newest 2 tokens before
+    the first block: where the tokens left cannot earn it back, auto decodes plainly, and the
+    draft never runs."""
     target = random_model(0, vocab_size=32)
     draft = copy.deepcopy(target)
-    prompt = [3, 1, 4, 1, 5, 9, 2, 6]
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6, 5][:prompt_length]
     decoder = SpeculativeDecoder(target, draft, decoder_slots(target, draft, [prompt], 12, 2))
     decoder.cost_update = 0
-    key = ((0.0, None, None), "sample")
     # alpha 3/4 (the prior, optimistic): E(2) = 2.31 tokens for 1.5 plain steps, a gain of 1.54;
-    # 12 tokens save 12 (1 - 1 / 1.54) = 4.2 plain steps, against 6 tokens of catch-up at 1 each
-    decoder.costs[key] = {"plain": 1.0, "block": {1: 1.2, 2: 1.5}, "catch_up": 1.0}
+    # 12 tokens save 12 (1 - 1 / 1.54) = 4.22 plain steps, against 6 x 0.65 = 3.9 (a prompt of 8)
+    # or 7 x 0.65 = 4.55 (of 9)
+    decoder.costs[((0.0, None, None), "sample")] = {"plain": 1.0, "block": {1: 1.2, 2: 1.5},
+                                                    "catch_up": {"fixed": 0.0, "per_token": 0.65}}
     draft_passes = []
     draft.register_forward_pre_hook(lambda module, args: draft_passes.append(args[0].shape[1]))
     tokens, stats = decoder.generate(prompt, 12, "auto", temperature=0)
-    assert stats["drafted_per_block"] == [0] * 12 and draft_passes == []
     assert torch.equal(tokens, plain_decode(target, prompt, 12, temperature=0))
-    decoder.costs[key]["catch_up"] = 0.5                     # 3 plain steps of catch-up: blocks pay for it
-    assert decoder.generate(prompt, 12, "auto", temperature=0)[1]["drafted_per_block"][0] == 2
+    if blocks:
+        assert stats["drafted_per_block"][0] == 2 and draft_passes[0] == prompt_length - 2
+    else:
+        assert stats["drafted_per_block"] == [0] * 12 and draft_passes == []
+
+
+def test_auto_gamma_weighs_the_catch_up_after_plain_steps(monkeypatch):
+    """After plain steps the draft is behind by the prompt and those steps' tokens: the rule is
+    asked with all of them, and the tokens still to make."""
+    target = random_model(0, vocab_size=32)
+    prompt = [3, 1, 4, 1, 5]
+    decoder = SpeculativeDecoder(target, copy.deepcopy(target), decoder_slots(target, target, [prompt], 10, 2))
+    decoder.costs[((0.0, None, None), "sample")] = {"plain": 1.0, "block": {1: 1.0, 2: 1.0}}
+    chosen = iter([0, 0, 2])
+    monkeypatch.setattr(speculative_module, "choose_gamma", lambda alphas, costs: next(chosen, 2))
+    asked = []
+    monkeypatch.setattr(speculative_module, "pays_for_catch_up",
+                        lambda gain, costs, behind, tokens_left: asked.append((behind, tokens_left)) or True)
+    stats = decoder.generate(prompt, 10, "auto", temperature=0)[1]
+    assert stats["drafted_per_block"][:3] == [0, 0, 2]
+    assert asked == [(len(prompt) - 2 + 2, 10 - 2)]          # once: every later block starts caught up
 
 
 def test_auto_gamma_falls_back_to_plain_decoding_when_no_block_pays():
@@ -1342,7 +1373,7 @@ def test_auto_gamma_falls_back_to_plain_decoding_when_no_block_pays():
     decoder = SpeculativeDecoder(target, draft, decoder_slots(target, draft, [prompt], 40, 4))
     costs = decoder.measure_costs(prompt, 0.0, max_gamma=4, repeats=1)
     assert set(costs["block"]) == {1, 2, 3, 4} and min(costs["block"].values()) > 0 < costs["plain"]
-    assert costs["catch_up"] > 0
+    assert catch_up_cost(costs, len(prompt)) > 0
     # A block of gamma 1 pays at the prior's alpha of 1/2 (1.5 tokens for 1.3 plain steps), and
     # stops paying once alpha is below 0.3.
     decoder.costs[((0.0, None, None), "sample")] = {"plain": 1.0, "block": {g: 1.1 + 0.2 * g for g in range(1, 5)}}
