@@ -493,7 +493,7 @@ class SpeculativeDecoder:
         """Write the prompt into slots 1..P and the target's cache, up to all but the newest
         token. Not the draft's: generate catches the draft up before its first block, as after
         plain steps, so that a call that runs plain steps only (gamma "auto" with a draft that
-        does not pay) pays for no draft prefill -- on a CPU, a tenth of a long prompt's time."""
+        does not pay) pays for no draft prefill."""
         P = len(prompt)
         self.tokens[0, : P + 1] = torch.tensor([pad_id] + prompt, device=self.tokens.device)
         self.length.fill_(P + 1)
@@ -565,7 +565,7 @@ class SpeculativeDecoder:
                     gain = predicted_gain(alphas, self.costs[key], chosen)
                     # The check's margin does not trust a plain factor the loop raised above 1:
                     # a plain step priced too high is what the check exists to find out.
-                    plain_factor = max(1.0, self.costs[key].get("loop", {}).get("plain", 1.0))
+                    plain_factor = max(1.0, loop_cost(self.costs[key], 0) / self.costs[key]["plain"])
                     if (blocks and 0 < self.plain_check_every <= since_plain
                             and gain / plain_factor < self.plain_check_margin):
                         chosen = 0                                # the plain step's check (docstring)
@@ -708,8 +708,8 @@ def pays_for_catch_up(gain: float, costs: dict, behind: int, tokens_left: int) -
         tokens_left c_plain (1 - 1 / gain)  >  c_catch_up(behind)
 
     Plain decoding makes the tokens left in tokens_left c_plain seconds, blocks in 1 / gain of
-    that; c_catch_up(behind) is catch_up_cost. Why it matters: on a CPU the draft's prefill of a long
-    prompt costs more than blocks of a small gain save over a short answer (BENCHMARKS.md
+    that; c_catch_up(behind) is catch_up_cost. Why it matters: on a CPU the draft's prefill of a
+    long prompt costs more than blocks of a small gain save over a short answer (BENCHMARKS.md
     section 3). tokens_left counts to max_new_tokens: an answer that stops sooner saves less,
     so the rule leans toward blocks."""
     return tokens_left * loop_cost(costs, 0) * (1 - 1 / gain) > catch_up_cost(costs, behind)

@@ -36,8 +36,9 @@ from evaluate import (ci_gaps, evaluate_pair, mean_ci95, memory_bound_speedup, p
                       separation_lines)
 import speculative as speculative_module
 from speculative import (AcceptanceCounts, Decoder, SpeculativeDecoder, block_stats, catch_up_cost, choose_gamma,
-                         decoder_slots, draw, expected_tokens, exponentials, loop_cost, pays_for_catch_up, predicted_gain,
-                         race, sample_probs, sample_token, update_cost, verify, verify_argmax, verify_draws, verify_greedy)
+                         decoder_slots, draw, expected_tokens, exponentials, loop_cost, pays_for_catch_up,
+                         predicted_gain, race, sample_probs, sample_token, update_cost, verify, verify_argmax,
+                         verify_draws, verify_greedy)
 
 SIGNIFICANCE = 0.001   # chi-square tests: a correct implementation fails 1 time in 1000 seeds
 
@@ -863,8 +864,26 @@ def test_evaluate_pair_keeps_the_costs_auto_chose_from():
                                                       in after["catch_up"].items()}}
     assert auto["costs_ms"]["measured"]["block"].keys() == {1, 2}
     assert auto["costs_ms"]["measured"]["plain"] == round(measured[0]["plain"] * 1e3, 4)
-    assert auto["costs_ms"]["measured"]["catch_up"]["per_token"] == round(measured[0]["catch_up"]["per_token"] * 1e3, 6)
+    per_token = measured[0]["catch_up"]["per_token"]
+    assert auto["costs_ms"]["measured"]["catch_up"]["per_token"] == round(per_token * 1e3, 6)
     assert auto["costs_ms"]["measured"] != auto["costs_ms"]["after"]          # the loop moved them
+
+
+def test_evaluate_pair_warms_up_without_moving_the_costs(monkeypatch):
+    """The warm-up's calls pay one-off costs (compiling, recording): they time nothing into the
+    loop's factors (weight 0), the timed runs after them do, and the decoder's weight is restored."""
+    target = random_model(0, vocab_size=16)
+    draft = perturbed_copy(target, noise=0.3)
+    prompts = [[1, 4, 2], [2, 3, 5, 7]]
+    decoder = SpeculativeDecoder(target, draft, decoder_slots(target, draft, prompts, 10, 3))
+    weights, update = [], speculative_module.update_cost
+    monkeypatch.setattr(speculative_module, "update_cost", lambda costs, gamma, seconds, weight:
+                        weights.append(weight) or update(costs, gamma, seconds, weight))
+    evaluate_pair(target, draft, prompts, [2, "auto"], 0.0, 10, seed=7, decoder=decoder,
+                  plain=Decoder(target, 1, decoder_slots(target, None, prompts, 10)))
+    warm_up = weights.index(decoder.cost_update)                  # the first timing of a timed run
+    assert warm_up > 0 and set(weights[:warm_up]) == {0} and set(weights[warm_up:]) == {1 / 8}
+    assert decoder.cost_update == 1 / 8
 
 
 def test_evaluate_pair_times_plain_and_speculative_decoding_prompt_by_prompt(monkeypatch):
@@ -1055,11 +1074,13 @@ def test_choose_gamma_on_synthetic_costs():
     # with the loop's plain step at 1.5 and blocks at 1.2 their time alone, 1.31 * 1.5 / 1.2 = 1.63
     assert predicted_gain([0.6] * 4, costs, 2) == pytest.approx(1.96 / 1.5)
     assert predicted_gain([0.6] * 4, {**costs, "loop": {"plain": 1.5, "block": 1.2}}, 2) == pytest.approx(1.96 / 1.2)
-    assert choose_gamma([0.5, 0.5], {"plain": 1.0, "block": {1: 0.75, 2: 0.875}}) == 1  # 1.5 / 0.75 = 1.75 / 0.875: a tie
+    tie = {"plain": 1.0, "block": {1: 0.75, 2: 0.875}}              # 1.5 / 0.75 = 1.75 / 0.875
+    assert choose_gamma([0.5, 0.5], tie) == 1                         # of gammas alike, the smaller
 
 
 def test_update_cost_by_hand():
-    costs = {"plain": 1.0, "block": {1: 2.0, 2: 4.0}, "loop": {"plain": 1.0, "block": 1.0}, "timed": {"plain": 0, "block": 0}}
+    costs = {"plain": 1.0, "block": {1: 2.0, 2: 4.0}, "loop": {"plain": 1.0, "block": 1.0},
+             "timed": {"plain": 0, "block": 0}}
     update_cost(costs, 1, 3.0, 0.25)        # the first block timed: the mean of 1 and 3 / 2, f = 1.25
     update_cost(costs, 2, 7.0, 0.25)        # the second, of another gamma: 1.25 + (7 / 4 - 1.25) / 3 = 1.4166
     update_cost(costs, 0, 0.6, 0.25)        # plain steps have a factor of their own: 1 + (0.6 - 1) / 2 = 0.8
@@ -1317,8 +1338,9 @@ def test_pays_for_catch_up_by_hand():
     assert predicted_gain([0.5], costs, 1) == 1.5                  # alpha 1/2, a block priced as a plain step
     assert pays_for_catch_up(1.5, costs, behind=30, tokens_left=10)
     assert not pays_for_catch_up(1.5, costs, behind=34, tokens_left=10)
-    assert not pays_for_catch_up(1.5, {**costs, "catch_up": {"fixed": 0.5, "per_token": 0.1}}, behind=30, tokens_left=10)
-    assert catch_up_cost({**costs, "catch_up": {"fixed": 0.5, "per_token": 0.1}}, 30) == pytest.approx(3.5)
+    with_fixed = {**costs, "catch_up": {"fixed": 0.5, "per_token": 0.1}}    # 0.5 + 30 x 0.1 = 3.5 > 3.33
+    assert catch_up_cost(with_fixed, 30) == pytest.approx(3.5)
+    assert not pays_for_catch_up(1.5, with_fixed, behind=30, tokens_left=10)
     assert pays_for_catch_up(1.5, {"plain": 1.0, "block": {1: 1.0}}, behind=10**6, tokens_left=1)  # unmeasured: free
     # In the loop's prices: plain steps at twice their time alone save twice as much per token
     assert pays_for_catch_up(1.5, {**costs, "loop": {"plain": 2.0, "block": 2.0}}, behind=60, tokens_left=10)

@@ -157,8 +157,7 @@ def block_pieces(draft_name: str = "smollm2-draft-4l", shortlist: int | None = N
     # than at T=0, so a call has fewer blocks to share it. With a stop token, as evaluate.py
     # decodes: plain decoding then asks after every token whether to stop (a host sync per
     # token, as the speculative loop has one per block). The stop id is one past the vocabulary,
-    # which no model can draw: both calls make all their tokens (a stop token drawn early in both
-    # would leave them the same count of steps to subtract).
+    # which no model can draw: every call makes all its tokens.
     prompt, short, long, stop = fill[0, : CONTEXT - 96].tolist(), 16, 80, (V,)
     loops = {}
     for label, (temperature, compiled) in cases.items():
@@ -171,16 +170,14 @@ def block_pieces(draft_name: str = "smollm2-draft-4l", shortlist: int | None = N
             stats = speculative.generate(prompt, n_new, GAMMA, temperature, stop_ids=stop)[1]
             blocks[n_new] = len(stats["accepted_per_block"])
 
-        def run_plain(n_new):
-            steps[n_new] = len(plain_decoder.generate([prompt], n_new, temperature, stop_ids=stop)[0])
-
         for _ in range(5):                                                   # the median of 5
-            seconds, blocks, steps = {}, {}, {}
+            seconds, blocks = {}, {}
             for n_new in (short, long):
                 seconds[n_new] = wall_time(lambda: run_speculative(n_new))
-                seconds["plain", n_new] = wall_time(lambda: run_plain(n_new))
+                seconds["plain", n_new] = wall_time(lambda: plain_decoder.generate([prompt], n_new, temperature,
+                                                                                   stop_ids=stop))
             per_block.append((seconds[long] - seconds[short]) * 1e3 / (blocks[long] - blocks[short]))
-            per_step.append((seconds["plain", long] - seconds["plain", short]) * 1e3 / (steps[long] - steps[short]))
+            per_step.append((seconds["plain", long] - seconds["plain", short]) * 1e3 / (long - short))
         loops[label] = sorted(per_block)[2], sorted(per_step)[2]
         print(f"{label}, in the decoders' loops ({len(prompt)}-token prompt, {long} against {short} new tokens): "
               f"{loops[label][0]:.3f} ms per block, {loops[label][1]:.3f} per plain step; "
