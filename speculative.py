@@ -251,19 +251,22 @@ class Decoder:
         # The prompt but its last token; each step feeds the newest token.
         self.steps.prefill(self.model, self.tokens, self.cache, 0, P - 1)
         sampling = (temperature, top_k, top_p)
-        stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
+        stopped = [False] * len(prompts)                  # has row b made a stop token yet?
         made = 0
         with self.steps.generator(generator) as generator:
             while made < max_new_tokens:
-                self.steps.run(sampling, lambda: decode_step(self.model, self.tokens, self.cache, self.length,
-                                                             sampling, generator, self.sampler))
+                token = self.steps.run(sampling, lambda: decode_step(self.model, self.tokens, self.cache,
+                                                                     self.length, sampling, generator, self.sampler))
                 made += 1
                 # Has every row stopped? Asked after every token: one host sync per token (the GPU
                 # idles for a launch, microseconds against a step), so plain decoding never runs
                 # steps past a stop token, which would make it look slower than it is beside the
-                # speculative loop (which asks once per block).
-                if stop.numel() and bool(torch.isin(self.tokens[:, P: P + made], stop).any(-1).all()):
-                    break
+                # speculative loop (which asks once per block). Asked of the new tokens read to
+                # the host, as the speculative loop reads its block: one copy, no kernels of its own.
+                if stop_ids:
+                    stopped = [done or t in stop_ids for done, t in zip(stopped, token.tolist())]
+                    if all(stopped):
+                        break
         rows = self.tokens[:, P: P + made].tolist()
         return [cut_at_stop(row, stop_ids) for row in rows]
 
@@ -451,7 +454,12 @@ class SpeculativeDecoder:
         nucleus = sampling[2] is not None and sampling[2] < 1
         draft_tokens, draft_rows = [], []                      # draft_rows: q_i, or the logits of q_i
         for i in range(gamma):
-            logits = self.draft(draft_input, self.draft_cache, draft_slots)[:, -1]  # (1, V) or (1, K)
+            # [0, -1:], not [:, -1]: the last position as a (1, V) row of stride V whether the
+            # draft was fed two tokens or one (of (1, 2, V), [:, -1] is a row of stride 2V). The
+            # compiled draw specialises on strides: a second stride would recompile it into one
+            # kernel generic in the stride, which every later draw runs, the plain steps' too
+            # (BENCHMARKS.md section 3: what that cost a plain step on a GPU).
+            logits = self.draft(draft_input, self.draft_cache, draft_slots)[0, -1:]  # (1, V) or (1, K)
             if argmax:
                 x = logits.argmax(dim=-1)                                           # x_i = argmax q_i, (1,)
             elif nucleus:

@@ -1430,6 +1430,31 @@ def assert_decoders_agree(reference: SpeculativeDecoder, other: SpeculativeDecod
             assert stats["blocks"] == stats_expected["blocks"]
 
 
+def test_the_compiled_draw_is_specialised_once():
+    """A plain step and every draft step hand the compiled draw a (1, V) row of the same stride
+    (block's [0, -1:]): torch.compile specialises on strides, and a second one would recompile
+    draw into one kernel generic in the stride, which every later draw would run."""
+    import torch._dynamo
+    from speculative import Sampler
+    compiled = []
+
+    def counting_backend(graph, example_inputs):   # the "eager" backend, counting what it compiles
+        compiled.append(graph)
+        return graph.forward
+
+    torch._dynamo.reset()          # compiled entries and stride histories are kept per function
+    try:
+        target = random_model(0, vocab_size=32)
+        decoder = SpeculativeDecoder(target, perturbed_copy(target, 0.3), 48)
+        decoder.sampler = Sampler()
+        decoder.sampler.draw = torch.compile(draw, fullgraph=True, backend=counting_backend)
+        decoder.measure_costs([1, 5, 9, 2], temperature=1.0, max_gamma=3)     # a plain step, blocks of 1..3
+        decoder.generate([1, 7, 3], 12, 2, 1.0, generator=torch.Generator().manual_seed(0))
+        assert len(compiled) == 1
+    finally:
+        torch._dynamo.reset()
+
+
 def test_chunked_prefill_compiled_blocks_and_catch_up_give_the_eager_tokens(monkeypatch):
     """The CPU-visible part of tests/test_gpu.py's recorded decoders: compiled blocks and compiled
     sampling (the "eager" backend traces as inductor does, and fullgraph=True fails at any break),
