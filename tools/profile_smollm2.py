@@ -164,7 +164,7 @@ def block_pieces(draft_name: str = "smollm2-draft-4l", shortlist: int | None = N
         speculative, plain_decoder = decoders[compiled]
         speculative.generate(prompt, 8, GAMMA, temperature)                  # records what is new
         plain_decoder.generate([prompt], 8, temperature)
-        per_block, per_step = [], []
+        per_block, per_step, per_unasked_step = [], [], []
 
         def run_speculative(n_new):
             stats = speculative.generate(prompt, n_new, GAMMA, temperature, stop_ids=stop)[1]
@@ -176,12 +176,15 @@ def block_pieces(draft_name: str = "smollm2-draft-4l", shortlist: int | None = N
                 seconds[n_new] = wall_time(lambda: run_speculative(n_new))
                 seconds["plain", n_new] = wall_time(lambda: plain_decoder.generate([prompt], n_new, temperature,
                                                                                    stop_ids=stop))
+                seconds["unasked", n_new] = wall_time(lambda: plain_decoder.generate([prompt], n_new, temperature))
             per_block.append((seconds[long] - seconds[short]) * 1e3 / (blocks[long] - blocks[short]))
             per_step.append((seconds["plain", long] - seconds["plain", short]) * 1e3 / (long - short))
+            per_unasked_step.append((seconds["unasked", long] - seconds["unasked", short]) * 1e3 / (long - short))
         loops[label] = sorted(per_block)[2], sorted(per_step)[2]
         print(f"{label}, in the decoders' loops ({len(prompt)}-token prompt, {long} against {short} new tokens): "
               f"{loops[label][0]:.3f} ms per block, {loops[label][1]:.3f} per plain step; "
-              f"block / plain step {loops[label][0] / loops[label][1]:.2f}")
+              f"block / plain step {loops[label][0] / loops[label][1]:.2f}; a plain step without stop ids (no "
+              f"host sync per token) {sorted(per_unasked_step)[2]:.3f} ms")
     for where, times in (("as recorded", wholes), ("in the loops", loops)):
         print(f"T=1 block / T=0 block, {where}: {times['T=1'][0] / times['T=0'][0]:.3f} "
               f"({times['T=1, eager sampling'][0] / times['T=0'][0]:.3f} with eager sampling)")
