@@ -13,7 +13,7 @@
 #   PRESET=smollm2 bash run.sh     # single GPU, the real chat model SmolLM2-135M-Instruct (a GGUF from PyPI),
 #                                  # its draft cut from SmolLM2 itself (its embedding, first 3 blocks and head),
 #                                  # distilled with lk_hybrid (LOSSES="kld tvd tvdpp lk lk_hybrid" compares all five)
-#   PRESET=smollm2 DRAFT_FROM_TARGET=0 bash run.sh   # the same with a draft from scratch ($DRAFT, a preset)
+#   PRESET=smollm2 DRAFT_FROM_TARGET=0 bash run.sh   # a draft from scratch ($DRAFT, a preset), the five losses
 #
 # Every step resumes: re-running the command skips finished work and continues interrupted work.
 # Each knob can be overridden from the environment, e.g. LOSSES="kld tvdpp_datatoken" bash run.sh;
@@ -45,9 +45,10 @@ case "$PRESET" in
     # The defaults are the combination with the best measured speed-up (BENCHMARKS.md section 3):
     # of the 2-, 3- and 4-block cuts, each distilled with lk_hybrid for 1,200 steps on the same
     # answers, the 3-block one; 4 answers per prompt instead of 2 raised no tau beyond its interval.
-    : "${DRAFT_FROM_TARGET:=3}" "${LOSSES:=lk_hybrid}"
+    : "${DRAFT_FROM_TARGET:=3}"
     if [ "$DRAFT_FROM_TARGET" != 0 ]; then
-      : "${DRAFT_STEPS:=300}" "${DRAFT_LR:=3e-4}" "${DISTILL_STEPS:=1200}" "${DISTILL_LR:=5e-4}" "${FREEZE_EMBEDDINGS:=1}"
+      : "${LOSSES:=lk_hybrid}" "${DRAFT_STEPS:=300}" "${DRAFT_LR:=3e-4}" "${DISTILL_STEPS:=1200}"
+      : "${DISTILL_LR:=5e-4}" "${FREEZE_EMBEDDINGS:=1}"
     fi
     : "${DRAFT_STEPS:=2000}" "${DISTILL_STEPS:=500}" "${BATCH:=64}" "${MAX_LEN:=512}"
     : "${SETTINGS_PER_PROMPT:=2}" "${GEN_BATCH:=256}" "${MAX_NEW:=160}" "${DRAFT:=smollm2-draft-4l}"

@@ -259,10 +259,11 @@ class Decoder:
                                                                      self.length, sampling, generator, self.sampler))
                 made += 1
                 # Has every row stopped? Asked after every token: one host sync per token (the GPU
-                # idles for a launch, microseconds against a step), so plain decoding never runs
-                # steps past a stop token, which would make it look slower than it is beside the
-                # speculative loop (which asks once per block). Asked of the new tokens read to
-                # the host, as the speculative loop reads its block: one copy, no kernels of its own.
+                # idles while the host decides, a few percent of a step at SmolLM2's size), so plain
+                # decoding never runs steps past a stop token, which would make it look slower than
+                # it is beside the speculative loop (which asks once per block). Asked of the new
+                # tokens read to the host, as the speculative loop reads its block: one copy, no
+                # kernels of its own.
                 if stop_ids:
                     stopped = [done or t in stop_ids for done, t in zip(stopped, token.tolist())]
                     if all(stopped):
@@ -458,7 +459,7 @@ class SpeculativeDecoder:
             # draft was fed two tokens or one (of (1, 2, V), [:, -1] is a row of stride 2V). The
             # compiled draw specialises on strides: a second stride would recompile it into one
             # kernel generic in the stride, which every later draw runs, the plain steps' too
-            # (BENCHMARKS.md section 3: what that cost a plain step on a GPU).
+            # (BENCHMARKS.md section 3: why auto's plain steps lost at T=1).
             logits = self.draft(draft_input, self.draft_cache, draft_slots)[0, -1:]  # (1, V) or (1, K)
             if argmax:
                 x = logits.argmax(dim=-1)                                           # x_i = argmax q_i, (1,)
