@@ -9,8 +9,8 @@ replayed alone (GPU ms), with its kernel count from torch.profiler (run without 
 whole block and the plain decoder's step as the decoders record them, at T=0 (argmaxes) and T=1,
 the sampling compiled as this path runs it (speculative.Sampler) and, at T=1, eager; both
 replayed with a synchronisation after each, as the decoders run them; and the two decoders' own
-loops on one prompt in the same process. --shortlist K gives the draft a head over
-K tokens (fast_decode.shortlist_head). Needs a CUDA GPU; no download.
+loops on one prompt in the same process (plain decoding with and without a stop token).
+--shortlist K gives the draft a head over K tokens (fast_decode.shortlist_head). Needs a CUDA GPU; no download.
 Recorded in results/bench/profile_smollm2*.log (one H100) and results/smollm2-gpu/profile.log (one H200).
 """
 
@@ -157,7 +157,8 @@ def block_pieces(draft_name: str = "smollm2-draft-4l", shortlist: int | None = N
     # than at T=0, so a call has fewer blocks to share it. With a stop token, as evaluate.py
     # decodes: plain decoding then asks after every token whether to stop (a host sync per
     # token, as the speculative loop has one per block). The stop id is one past the vocabulary,
-    # which no model can draw: every call makes all its tokens.
+    # which no model can draw: every call makes all its tokens. Plain decoding also runs without
+    # stop ids, never asking, so the difference is what asking after every token costs.
     prompt, short, long, stop = fill[0, : CONTEXT - 96].tolist(), 16, 80, (V,)
     loops = {}
     for label, (temperature, compiled) in cases.items():
