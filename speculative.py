@@ -425,6 +425,12 @@ class SpeculativeDecoder:
         self.sampler = Sampler("inductor") if compile_sampling else EAGER     # the arithmetic between model calls
         self.costs = {}        # (sampling, draft_mode) -> this machine's step costs (measure_costs)
         self.cost_update = 1 / 8   # weight of each timed loop iteration in those costs (update_cost); 0 keeps them
+        # gamma "auto" runs a block only where it is predicted to beat a plain step by this factor.
+        # Near 1 a prediction is inside its own error: the text being written is accepted more or
+        # less often than the counts so far say, and a block's price strays from its measurement
+        # (BENCHMARKS.md section 3 measures both); there a block wins or loses by luck, while a
+        # plain step cannot be slower than plain decoding. 1 maximises the predicted speed alone.
+        self.block_margin = 1.05
         self.plain_check_every = 32   # gamma "auto" times a plain step after this many blocks in a row; 0 never
         self.plain_check_margin = 1.25   # ... unless the block is predicted to beat plain by this factor or more
         self.blocks_since_plain = {}  # (sampling, draft_mode) -> blocks run since the last plain step
@@ -520,7 +526,7 @@ class SpeculativeDecoder:
         (choose_gamma) from the step costs measure_costs recorded, corrected by the loop's own
         timings (update_cost), and the acceptance per draft position counted so far (over this
         decoder's earlier calls and this one's blocks); a gamma of 0 is a plain step of the
-        target alone, when no block is predicted to beat it. After `plain_check_every` blocks in
+        target alone, when no block is predicted to beat it by `block_margin`. After `plain_check_every` blocks in
         a row it times one plain step anyway: a cost is corrected only when its step runs, and a
         plain step's cost that stayed too high would let blocks run on that lose to plain
         decoding, never to be found out. Only where that could happen: when the chosen block is
@@ -568,7 +574,7 @@ class SpeculativeDecoder:
                 # without waiting), and the one that catches the draft up on the prompt.
                 timed = bool(blocks)
                 alphas = counts.optimistic_alphas(max_gamma) if auto else None
-                chosen = choose_gamma(alphas, self.costs[key]) if auto else gamma
+                chosen = choose_gamma(alphas, self.costs[key], self.block_margin) if auto else gamma
                 behind = n_tokens - 1 - draft_end                 # tokens the draft must catch up on first
                 if auto and chosen:
                     gain = predicted_gain(alphas, self.costs[key], chosen)
@@ -692,14 +698,15 @@ def expected_tokens(alphas: list[float], gamma: int) -> float:
     return total
 
 
-def choose_gamma(alphas: list[float], costs: dict) -> int:
+def choose_gamma(alphas: list[float], costs: dict, margin: float = 1.0) -> int:
     """The gamma whose block makes the most expected tokens per second, expected_tokens(alphas,
     gamma) / its cost in the loop (loop_cost), or 0 (plain decoding) when none beats a plain
-    step's 1 / loop_cost(costs, 0). alphas: alpha_k for k = 1 .. the largest gamma in costs.
-    Of gammas predicted alike, the smallest."""
+    step's 1 / loop_cost(costs, 0) by more than the factor `margin` (predicted_gain > margin;
+    SpeculativeDecoder.block_margin says why the decoder asks for more than 1). alphas: alpha_k
+    for k = 1 .. the largest gamma in costs. Of gammas predicted alike, the smallest."""
     gains = {gamma: predicted_gain(alphas, costs, gamma) for gamma in sorted(costs["block"])}
     best = max(gains, key=gains.get, default=0)
-    return best if best and gains[best] > 1 else 0
+    return best if best and gains[best] > margin else 0
 
 
 def predicted_gain(alphas: list[float], costs: dict, gamma: int) -> float:

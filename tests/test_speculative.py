@@ -1076,6 +1076,25 @@ def test_choose_gamma_on_synthetic_costs():
     assert predicted_gain([0.6] * 4, {**costs, "loop": {"plain": 1.5, "block": 1.2}}, 2) == pytest.approx(1.96 / 1.2)
     tie = {"plain": 1.0, "block": {1: 0.75, 2: 0.875}}              # 1.5 / 0.75 = 1.75 / 0.875
     assert choose_gamma([0.5, 0.5], tie) == 1                         # of gammas alike, the smaller
+    # A margin: the best block must beat plain decoding by more than it (gamma 2's 1.307 above)
+    assert choose_gamma([0.6] * 4, costs, margin=1.3) == 2
+    assert choose_gamma([0.6] * 4, costs, margin=1.31) == 0
+    assert choose_gamma([0.8] * 4, costs, margin=1.31) == 4          # 1.77: the margin picks no other gamma
+
+
+def test_auto_gamma_runs_a_block_only_where_it_beats_plain_by_the_margin(monkeypatch):
+    """A block predicted to gain less than block_margin is inside the prediction's error: auto
+    decodes plainly. With a margin of 1 the predicted speed alone decides, and the block runs."""
+    target = random_model(0, vocab_size=32)
+    prompt = [3, 1, 4]
+    decoder = SpeculativeDecoder(target, copy.deepcopy(target), decoder_slots(target, target, [prompt], 12, 2))
+    decoder.costs[((0.0, None, None), "sample")] = {"plain": 1.0, "block": {1: 1.0, 2: 1.0}}
+    decoder.cost_update = 0
+    monkeypatch.setattr(speculative_module, "predicted_gain", lambda alphas, costs, gamma: 1.03 + gamma / 1000)
+    assert decoder.block_margin == 1.05
+    assert set(decoder.generate(prompt, 12, "auto", 0.0)[1]["drafted_per_block"]) == {0}
+    decoder.block_margin = 1.0
+    assert set(decoder.generate(prompt, 12, "auto", 0.0)[1]["drafted_per_block"]) == {2}
 
 
 def test_update_cost_by_hand():
@@ -1189,7 +1208,7 @@ def test_generate_chooses_gamma_from_the_optimistic_alphas(monkeypatch):
     decoder.costs[((1.0, None, None), "sample")] = {"plain": 1.0, "block": {1: 1.3, 2: 1.5}}
     decoder.cost_update = 0
     seen, choose = [], speculative_module.choose_gamma
-    monkeypatch.setattr(speculative_module, "choose_gamma", lambda alphas, costs: seen.append(alphas) or choose(alphas, costs))
+    monkeypatch.setattr(speculative_module, "choose_gamma", lambda alphas, costs, margin: seen.append(alphas) or choose(alphas, costs, margin))
     decoder.generate([3, 1, 4], 10, "auto", 1.0, generator=torch.Generator().manual_seed(0))
     assert seen[0] == pytest.approx([0.75, 0.75]) == AcceptanceCounts().optimistic_alphas(2)
 
@@ -1213,7 +1232,7 @@ def scheduled_gammas(monkeypatch, schedule: list[int]):
     """Make gamma="auto" follow `schedule` (then its last value), whatever the costs say (the
     draft's catch-up too)."""
     chosen = iter(schedule)
-    monkeypatch.setattr(speculative_module, "choose_gamma", lambda alphas, costs: next(chosen, schedule[-1]))
+    monkeypatch.setattr(speculative_module, "choose_gamma", lambda alphas, costs, margin: next(chosen, schedule[-1]))
     monkeypatch.setattr(speculative_module, "pays_for_catch_up", lambda gain, costs, behind, tokens_left: True)
 
 
@@ -1379,7 +1398,7 @@ def test_auto_gamma_weighs_the_catch_up_after_plain_steps(monkeypatch):
     decoder = SpeculativeDecoder(target, copy.deepcopy(target), decoder_slots(target, target, [prompt], 10, 2))
     decoder.costs[((0.0, None, None), "sample")] = {"plain": 1.0, "block": {1: 1.0, 2: 1.0}}
     chosen = iter([0, 0, 2])
-    monkeypatch.setattr(speculative_module, "choose_gamma", lambda alphas, costs: next(chosen, 2))
+    monkeypatch.setattr(speculative_module, "choose_gamma", lambda alphas, costs, margin: next(chosen, 2))
     asked = []
     monkeypatch.setattr(speculative_module, "pays_for_catch_up",
                         lambda gain, costs, behind, tokens_left: asked.append((behind, tokens_left)) or True)
