@@ -627,7 +627,7 @@ class SpeculativeDecoder:
         """Seconds of a plain step of the target and of a block of each gamma = 1..max_gamma on
         this machine, as the decode loop runs them (each followed by the host's read of its
         result), the median of `repeats` after an untimed first run (which records or compiles),
-        at the prompt's position. The cost of a block does not depend on how many of its tokens
+        at the prompt's position, timed in rounds of one of each. The cost of a block does not depend on how many of its tokens
         are accepted: the draft's and the target's passes are the same work either way. Kept for
         gamma="auto" (choose_gamma) under these sampling settings, and returned:
         {"plain": seconds, "block": {gamma: seconds}}, with the loop's factors for plain steps and
@@ -660,23 +660,30 @@ class SpeculativeDecoder:
         per_token = max(0.0, (whole - part) / (n - half)) if n > half else 0.0
         catch_up = {"fixed": max(0.0, whole - per_token * n), "per_token": per_token}
 
-        def median_seconds(key, step) -> float:
-            self.steps.run(key, step)                              # untimed: records, compiles
-            times = []
-            for _ in range(repeats):
-                self.length.fill_(first)
-                synchronize(self.target.device)
-                started = time.perf_counter()
-                self.steps.run(key, step).tolist()
-                times.append(time.perf_counter() - started)
-            return sorted(times)[repeats // 2]
+        def seconds_at_first(key, step) -> float:                 # one step at the prompt's position
+            self.length.fill_(first)
+            synchronize(self.target.device)
+            started = time.perf_counter()
+            self.steps.run(key, step).tolist()
+            return time.perf_counter() - started
 
         with self.steps.generator(torch.Generator(self.target.device).manual_seed(0)) as generator:
-            plain = median_seconds(("plain", sampling), lambda: decode_step(
-                self.target, self.tokens, self.target_cache, self.length, sampling, generator, self.sampler))
-            blocks = {g: median_seconds((g, sampling, draft_mode),
-                                        lambda g=g: self.block(g, sampling, generator, draft_mode))
-                      for g in range(1, max_gamma + 1)}
+            steps = {("plain", sampling): lambda: decode_step(self.target, self.tokens, self.target_cache,
+                                                              self.length, sampling, generator, self.sampler),
+                     **{(g, sampling, draft_mode): lambda g=g: self.block(g, sampling, generator, draft_mode)
+                        for g in range(1, max_gamma + 1)}}
+            for key, step in steps.items():
+                seconds_at_first(key, step)                        # untimed: records, compiles
+            # Rounds that time every step once, in turn, not each step's repeats in a row: a
+            # machine whose speed drifts while it measures (a CPU's clocks, a neighbour's load)
+            # then slows the plain step and the blocks alike, as evaluate.py's interleaved
+            # baseline does, instead of pricing one of them in a slow stretch.
+            times = {key: [] for key in steps}
+            for _ in range(repeats):
+                for key, step in steps.items():
+                    times[key].append(seconds_at_first(key, step))
+        medians = [sorted(seconds)[repeats // 2] for seconds in times.values()]      # plain, gammas 1, 2, ..
+        plain, blocks = medians[0], dict(zip(range(1, max_gamma + 1), medians[1:]))
         self.costs[(sampling, draft_mode)] = {"plain": plain, "block": blocks, "loop": {"plain": 1.0, "block": 1.0},
                                               "timed": {"plain": 0, "block": 0}, "catch_up": catch_up}
         self.blocks_since_plain[(sampling, draft_mode)] = 0

@@ -1308,6 +1308,21 @@ def test_a_call_of_plain_steps_only_never_runs_the_draft(monkeypatch):
     assert draft_passes[:3] == [len(prompt) + 2 - 2, 2, 1] and len(draft_passes) > 3
 
 
+def test_measure_costs_times_the_steps_in_rounds_at_the_prompts_position():
+    """Each step once untimed, then rounds of one plain step and one block of each gamma, every
+    run from the prompt's position: a machine's drift then falls on all of them alike."""
+    target = random_model(0, vocab_size=32)
+    prompt = [3, 1, 4, 1, 5]
+    draft = perturbed_copy(target, 0.5)
+    decoder = SpeculativeDecoder(target, draft, decoder_slots(target, draft, [prompt], 4, 2))
+    ran, run = [], decoder.steps.run
+    decoder.steps.run = lambda key, step: ran.append((key[0], decoder.length.item())) or run(key, step)
+    costs = decoder.measure_costs(prompt, 1.0, max_gamma=2, repeats=3)
+    one_of_each = [("plain", len(prompt) + 1), (1, len(prompt) + 1), (2, len(prompt) + 1)]
+    assert ran == one_of_each * 4                        # untimed, then 3 timed rounds
+    assert sorted(costs["block"]) == [1, 2] and costs["plain"] > 0
+
+
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_auto_gamma_with_plain_steps_between_blocks_is_exact(monkeypatch, temperature):
     """gamma 0 is a plain step of the target alone; the draft falls behind and is caught up
