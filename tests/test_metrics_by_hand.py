@@ -2,6 +2,9 @@
 (issue 38: the earlier hand test used numbers for which the right tau and "kept tokens per block"
 coincided). Every expected value is typed by hand from PAPER.md section 5's definitions."""
 
+import json
+import os
+
 import pytest
 
 from speculative import block_stats
@@ -74,3 +77,32 @@ def test_evaluate_pools_tau_per_prompt_and_alpha_over_all_tests():
     assert row["tests_per_position"] == [6, 4, 2]
     assert row["tokens_per_s"] == pytest.approx(3.25)
     assert row["mean_gamma"] == 3
+
+
+def test_auto_prediction_by_hand(tmp_path, capsys, monkeypatch):
+    """tools/auto_prediction.py on one cell typed by hand. The auto row's costs as the loop left
+    them: a plain step 1 ms, a block of 1 2 ms, of 2 2.5 ms.
+      gamma 1, alpha_1 0.6 over 100 tests, 1.1x: predicted (1 + 0.6) x 1 / 2 = 0.8, measured / predicted 1.375
+      gamma 2, alphas 0.4, 0.5 over 100, 40 tests, 0.9x: predicted (1 + 0.4 + 0.2) / 2.5 = 0.64, ratio 1.40625
+      auto's alpha_1 0.3 against the fixed rows' mean 0.5: -0.2
+      pooled: alpha_1 (60 + 40) / 200 = 0.5, alpha_2 0.5 -> gamma 1 (1.5 / 2 = 0.75) and 2 (1.75 / 2.5 = 0.7)
+    The pretrained draft's rows and T=0's argmax copies are left out."""
+    import runpy
+    cell = {"draft": "d", "task": "t", "temperature": 1.0, "draft_mode": "sample"}
+    rows = [{**cell, "gamma": 1, "alpha_per_position": [0.6], "tests_per_position": [100], "speedup": 1.1},
+            {**cell, "gamma": 2, "alpha_per_position": [0.4, 0.5], "tests_per_position": [100, 40], "speedup": 0.9},
+            {**cell, "gamma": "auto", "alpha_per_position": [0.3], "tests_per_position": [50], "speedup": 0.95,
+             "mean_gamma": 1.5, "costs_ms": {"after": {"plain": 1.0, "block": {"1": 2.0, "2": 2.5}}}},
+            {**cell, "draft": "pretrained", "gamma": 1, "alpha_per_position": [0.1], "tests_per_position": [9],
+             "speedup": 0.5},
+            {**cell, "temperature": 0.0, "draft_mode": "argmax", "gamma": 1, "alpha_per_position": [0.9],
+             "tests_per_position": [9], "speedup": 2.0}]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"results": rows}))
+    monkeypatch.setattr("sys.argv", ["auto_prediction.py", str(path)])
+    runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "tools", "auto_prediction.py"), run_name="__main__")
+    assert capsys.readouterr().out.splitlines() == [
+        "1. T=1: measured / predicted over 2 fixed-gamma rows: median 1.391, min 1.375, max 1.406",
+        "2. T=1: auto's alpha_1 minus its cell's fixed gammas' mean over 1 cells: mean -0.200, min -0.200, max -0.200",
+        "3. gamma auto, per cell:",
+        "   d t T=1 sample: 0.950x at mean gamma 1.50; pooled acceptance predicts gamma 1 at 0.750x"]
