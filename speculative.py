@@ -526,16 +526,16 @@ class SpeculativeDecoder:
         (choose_gamma) from the step costs measure_costs recorded, corrected by the loop's own
         timings (update_cost), and the acceptance per draft position counted so far (over this
         decoder's earlier calls and this one's blocks); a gamma of 0 is a plain step of the
-        target alone, when no block is predicted to beat it by `block_margin`. After `plain_check_every` blocks in
-        a row it times one plain step anyway: a cost is corrected only when its step runs, and a
-        plain step's cost that stayed too high would let blocks run on that lose to plain
-        decoding, never to be found out. Only where that could happen: when the chosen block is
-        predicted to beat a plain step by less than `plain_check_margin` (predicted_gain, priced
-        with a plain step at no more than its cost timed alone), which a plain cost timed alone
-        too high by that factor would explain. Where blocks clearly pay, the check would only
-        cost: the plain step, and the draft's catch-up after it. A block that must
-        first catch the draft up (on the prompt, or after plain steps) runs only if what blocks
-        are predicted to save over the tokens left pays for the catch-up (pays_for_catch_up)."""
+        target alone, when no block is predicted to beat it by `block_margin`. After
+        `plain_check_every` blocks in a row it times one plain step anyway: a cost is corrected
+        only when its step runs, and a plain step's cost that stayed too high would let blocks run
+        on that lose to plain decoding, never to be found out. Only where that could happen: when
+        the chosen block is predicted to beat a plain step by less than `plain_check_margin`
+        (predicted_gain, priced with a plain step at no more than its cost timed alone), which a
+        plain cost timed alone too high by that factor would explain. Where blocks clearly pay,
+        the check would only cost: the plain step, and the draft's catch-up after it. A block that
+        must first catch the draft up (on the prompt, or after plain steps) runs only if what
+        blocks are predicted to save over the tokens left pays for the catch-up (pays_for_catch_up)."""
         auto = gamma == "auto"
         if not auto and gamma < 1:
             raise ValueError(f"gamma (draft tokens per block) must be >= 1, got {gamma}")
@@ -627,9 +627,10 @@ class SpeculativeDecoder:
         """Seconds of a plain step of the target and of a block of each gamma = 1..max_gamma on
         this machine, as the decode loop runs them (each followed by the host's read of its
         result), the median of `repeats` after an untimed first run (which records or compiles),
-        at the prompt's position, timed in rounds of one of each. The cost of a block does not depend on how many of its tokens
-        are accepted: the draft's and the target's passes are the same work either way. Kept for
-        gamma="auto" (choose_gamma) under these sampling settings, and returned:
+        at the prompt's position, timed in rounds of one of each. The cost of a block does not
+        depend on how many of its tokens are accepted: the draft's and the target's passes are the
+        same work either way. Kept for gamma="auto" (choose_gamma) under these sampling settings,
+        and returned:
         {"plain": seconds, "block": {gamma: seconds}}, with the loop's factors for plain steps and
         blocks, 1 until the loop times them, the count of its timings ("loop", "timed":
         update_cost), and "catch_up": the draft's prefill, {"fixed": seconds, "per_token": seconds},

@@ -30,12 +30,16 @@ def main() -> None:
 
     from speculative import measured_draft_mode, predicted_gain      # after the flags: --help needs no torch
 
-    with open(args.results) as f:                  # at T=0 the argmax rows are copies of the sample rows
-        rows = [r for r in json.load(f)["results"] if r["draft"] != "pretrained" and "speedup" in r
-                and measured_draft_mode(r["temperature"], r.get("draft_mode", "sample")) == r.get("draft_mode", "sample")]
+    with open(args.results) as f:
+        rows = [r for r in json.load(f)["results"] if r["draft"] != "pretrained" and "speedup" in r]
+    if not any("costs_ms" in r for r in rows):
+        sys.exit(f"error: {args.results} has no row of gamma auto with its costs and a speed-up; "
+                 "evaluate with --gammas ...,auto --speedup first")
     cells = {}                                            # (draft, task, T, mode) -> its rows
     for r in rows:
-        cells.setdefault((r["draft"], r["task"], r["temperature"], r.get("draft_mode", "sample")), []).append(r)
+        mode = r.get("draft_mode", "sample")
+        if measured_draft_mode(r["temperature"], mode) == mode:    # at T=0 argmax rows copy the sample rows
+            cells.setdefault((r["draft"], r["task"], r["temperature"], mode), []).append(r)
 
     def alphas(row) -> list[float]:              # a position no block reached has no estimate: 0 there
         return [a if a == a else 0.0 for a in row["alpha_per_position"]]
