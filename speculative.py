@@ -159,6 +159,7 @@ def check_context(model: Llama, n_positions: int, what: str) -> None:
 
 DRAFT_MODES = ("sample", "argmax")      # the paper's rejection rule; the engines' argmax drafting
 MAX_AUTO_GAMMA = 6                      # the largest gamma "auto" considers, unless told otherwise
+BLOCK_MARGIN = 1.05                     # the gain over a plain step a block must be predicted to beat
 
 
 def check_draft_mode(draft_mode: str) -> None:
@@ -425,12 +426,13 @@ class SpeculativeDecoder:
         self.sampler = Sampler("inductor") if compile_sampling else EAGER     # the arithmetic between model calls
         self.costs = {}        # (sampling, draft_mode) -> this machine's step costs (measure_costs)
         self.cost_update = 1 / 8   # weight of each timed loop iteration in those costs (update_cost); 0 keeps them
-        # gamma "auto" runs a block only where it is predicted to beat a plain step by this factor.
-        # Near 1 a prediction is inside its own error: the text being written is accepted more or
-        # less often than the counts so far say, and a block's price strays from its measurement
-        # (BENCHMARKS.md section 3 measures both); there a block wins or loses by luck, while a
-        # plain step cannot be slower than plain decoding. 1 maximises the predicted speed alone.
-        self.block_margin = 1.05
+        # gamma "auto" runs a block only where it is predicted to beat a plain step by this
+        # factor. Near 1 a prediction is inside its own error: the text being written is accepted
+        # more or less often than the counts so far say, and a block's price strays from its
+        # measurement (BENCHMARKS.md section 3 measures both); there a block wins or loses by
+        # luck, while a plain step is plain decoding's own step and risks only the loop's
+        # bookkeeping. 1 maximises the predicted speed alone.
+        self.block_margin = BLOCK_MARGIN
         self.plain_check_every = 32   # gamma "auto" times a plain step after this many blocks in a row; 0 never
         self.plain_check_margin = 1.25   # ... unless the block is predicted to beat plain by this factor or more
         self.blocks_since_plain = {}  # (sampling, draft_mode) -> blocks run since the last plain step
@@ -683,8 +685,9 @@ class SpeculativeDecoder:
             for _ in range(repeats):
                 for key, step in steps.items():
                     times[key].append(seconds_at_first(key, step))
-        medians = [sorted(seconds)[repeats // 2] for seconds in times.values()]      # plain, gammas 1, 2, ..
-        plain, blocks = medians[0], dict(zip(range(1, max_gamma + 1), medians[1:]))
+        median = {key: sorted(seconds)[repeats // 2] for key, seconds in times.items()}
+        plain = median[("plain", sampling)]
+        blocks = {g: median[(g, sampling, draft_mode)] for g in range(1, max_gamma + 1)}
         self.costs[(sampling, draft_mode)] = {"plain": plain, "block": blocks, "loop": {"plain": 1.0, "block": 1.0},
                                               "timed": {"plain": 0, "block": 0}, "catch_up": catch_up}
         self.blocks_since_plain[(sampling, draft_mode)] = 0

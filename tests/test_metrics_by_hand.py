@@ -79,30 +79,49 @@ def test_evaluate_pools_tau_per_prompt_and_alpha_over_all_tests():
     assert row["mean_gamma"] == 3
 
 
-def test_auto_prediction_by_hand(tmp_path, capsys, monkeypatch):
-    """tools/auto_prediction.py on one cell typed by hand. The auto row's costs as the loop left
-    them: a plain step 1 ms, a block of 1 2 ms, of 2 2.5 ms.
-      gamma 1, alpha_1 0.6 over 100 tests, 1.1x: predicted (1 + 0.6) x 1 / 2 = 0.8, measured / predicted 1.375
-      gamma 2, alphas 0.4, 0.5 over 100, 40 tests, 0.9x: predicted (1 + 0.4 + 0.2) / 2.5 = 0.64, ratio 1.40625
-      auto's alpha_1 0.3 against the fixed rows' mean 0.5: -0.2
-      pooled: alpha_1 (60 + 40) / 200 = 0.5, alpha_2 0.5 -> gamma 1 (1.5 / 2 = 0.75) and 2 (1.75 / 2.5 = 0.7)
-    The pretrained draft's rows and T=0's argmax copies are left out."""
+def run_auto_prediction(path, monkeypatch) -> None:
     import runpy
-    cell = {"draft": "d", "task": "t", "temperature": 1.0, "draft_mode": "sample"}
-    rows = [{**cell, "gamma": 1, "alpha_per_position": [0.6], "tests_per_position": [100], "speedup": 1.1},
-            {**cell, "gamma": 2, "alpha_per_position": [0.4, 0.5], "tests_per_position": [100, 40], "speedup": 0.9},
-            {**cell, "gamma": "auto", "alpha_per_position": [0.3], "tests_per_position": [50], "speedup": 0.95,
-             "mean_gamma": 1.5, "costs_ms": {"after": {"plain": 1.0, "block": {"1": 2.0, "2": 2.5}}}},
-            {**cell, "draft": "pretrained", "gamma": 1, "alpha_per_position": [0.1], "tests_per_position": [9],
-             "speedup": 0.5},
-            {**cell, "temperature": 0.0, "draft_mode": "argmax", "gamma": 1, "alpha_per_position": [0.9],
-             "tests_per_position": [9], "speedup": 2.0}]
-    path = tmp_path / "results.json"
-    path.write_text(json.dumps({"results": rows}))
     monkeypatch.setattr("sys.argv", ["auto_prediction.py", str(path)])
     runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "tools", "auto_prediction.py"), run_name="__main__")
+
+
+def test_auto_prediction_by_hand(tmp_path, capsys, monkeypatch):
+    """tools/auto_prediction.py on two cells typed by hand.
+    T=1 (a plain step 1 ms, a block of 1 2 ms, of 2 2.5 ms, as the auto row's loop left them):
+      gamma 1, alpha_1 0.6 over 100 tests, 1.1x: predicted (1 + 0.6) x 1 / 2 = 0.8, measured / predicted 1.375
+      gamma 2, alphas 0.4, 0.5 over 100, 40 tests, 0.9x: predicted (1 + 0.4 + 0.2) / 2.5 = 0.64, ratio 1.40625
+      auto's alpha_1 0.3 over 50 tests against the fixed rows' mean 0.5: -0.2
+      pooled: alpha_1 (60 + 40) / 200 = 0.5, alpha_2 0.5 -> gamma 1 (1.5 / 2 = 0.75), 2 (1.75 / 2.5 = 0.7): plain
+    T=0 (1 ms, 1.2 ms, 1.6 ms):
+      gamma 1, alpha_1 0.9, 1.5x: predicted 1.9 / 1.2, ratio 0.947
+      gamma 2, alphas 0.8 and none (no block reached position 2: NaN, read as 0), 1.2x: predicted 1.8 / 1.6, 1.067
+      auto tested 10 first tokens, fewer than MIN_TESTS: no alpha_1 line at T=0
+      pooled: alpha_1 (90 + 80) / 200 = 0.85, alpha_2 0 -> gamma 1 at 1.85 / 1.2 = 1.542
+    Left out: the pretrained draft's cell, and T=0's argmax rows (copies of the sample rows)."""
+    def cell(draft, temperature, mode, block_ms, rows):
+        auto_costs = {"after": {"plain": 1.0, "block": dict(zip(("1", "2"), block_ms))}}
+        return [{"draft": draft, "task": "t", "temperature": temperature, "draft_mode": mode, "gamma": gamma,
+                 "alpha_per_position": alphas, "tests_per_position": tests, "speedup": speedup,
+                 **({"mean_gamma": mean_gamma, "costs_ms": auto_costs} if gamma == "auto" else {})}
+                for gamma, alphas, tests, speedup, mean_gamma in rows]
+    t1 = [(1, [0.6], [100], 1.1, None), (2, [0.4, 0.5], [100, 40], 0.9, None), ("auto", [0.3], [50], 0.95, 1.5)]
+    t0 = [(1, [0.9], [100], 1.5, None), (2, [0.8, float("nan")], [100, 0], 1.2, None), ("auto", [0.9], [10], 1.4, 1.0)]
+    rows = (cell("d", 1.0, "sample", (2.0, 2.5), t1) + cell("d", 0.0, "sample", (1.2, 1.6), t0)
+            + cell("d", 0.0, "argmax", (1.2, 1.6), [(g, a, n, 9.0, m) for g, a, n, _, m in t0])
+            + cell("pretrained", 1.0, "sample", (2.0, 2.5), [(1, [0.1], [100], 0.5, None), ("auto", [], [], 1.0, 0.0)]))
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"results": rows}))
+    run_auto_prediction(path, monkeypatch)
     assert capsys.readouterr().out.splitlines() == [
+        "1. T=0: measured / predicted over 2 fixed-gamma rows: median 1.007, min 0.947, max 1.067",
         "1. T=1: measured / predicted over 2 fixed-gamma rows: median 1.391, min 1.375, max 1.406",
         "2. T=1: auto's alpha_1 minus its cell's fixed gammas' mean over 1 cells: mean -0.200, min -0.200, max -0.200",
         "3. gamma auto, per cell:",
-        "   d t T=1 sample: 0.950x at mean gamma 1.50; pooled acceptance predicts gamma 1 at 0.750x"]
+        "   d t T=0 sample: 1.400x at mean gamma 1.00; the rule on the pooled acceptance: gamma 1 at 1.542x",
+        "   d t T=1 sample: 0.950x at mean gamma 1.50; the rule on the pooled acceptance: plain (the best block at "
+        "0.750x)"]
+    path.write_text(json.dumps({"results": [r for r in rows if r["gamma"] == "auto"]}))
+    with pytest.raises(SystemExit, match="no cell with both gamma auto"):
+        run_auto_prediction(path, monkeypatch)
+    with pytest.raises(SystemExit, match="cannot read"):
+        run_auto_prediction(tmp_path / "missing.json", monkeypatch)

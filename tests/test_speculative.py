@@ -26,6 +26,7 @@ arithmetic); the whole file runs in about 15 s.
 import collections
 import copy
 import math
+import types
 
 import pytest
 import torch
@@ -1208,7 +1209,8 @@ def test_generate_chooses_gamma_from_the_optimistic_alphas(monkeypatch):
     decoder.costs[((1.0, None, None), "sample")] = {"plain": 1.0, "block": {1: 1.3, 2: 1.5}}
     decoder.cost_update = 0
     seen, choose = [], speculative_module.choose_gamma
-    monkeypatch.setattr(speculative_module, "choose_gamma", lambda alphas, costs, margin: seen.append(alphas) or choose(alphas, costs, margin))
+    monkeypatch.setattr(speculative_module, "choose_gamma",
+                        lambda alphas, costs, margin: seen.append(alphas) or choose(alphas, costs, margin))
     decoder.generate([3, 1, 4], 10, "auto", 1.0, generator=torch.Generator().manual_seed(0))
     assert seen[0] == pytest.approx([0.75, 0.75]) == AcceptanceCounts().optimistic_alphas(2)
 
@@ -1308,19 +1310,26 @@ def test_a_call_of_plain_steps_only_never_runs_the_draft(monkeypatch):
     assert draft_passes[:3] == [len(prompt) + 2 - 2, 2, 1] and len(draft_passes) > 3
 
 
-def test_measure_costs_times_the_steps_in_rounds_at_the_prompts_position():
+def test_measure_costs_times_the_steps_in_rounds_at_the_prompts_position(monkeypatch):
     """Each step once untimed, then rounds of one plain step and one block of each gamma, every
-    run from the prompt's position: a machine's drift then falls on all of them alike."""
+    run from the prompt's position: a machine's drift then falls on all of them alike. On a clock
+    that each step moves by its own seconds, each median is its own step's."""
     target = random_model(0, vocab_size=32)
     prompt = [3, 1, 4, 1, 5]
     draft = perturbed_copy(target, 0.5)
     decoder = SpeculativeDecoder(target, draft, decoder_slots(target, draft, [prompt], 4, 2))
-    ran, run = [], decoder.steps.run
-    decoder.steps.run = lambda key, step: ran.append((key[0], decoder.length.item())) or run(key, step)
+    ran, run, clock, seconds = [], decoder.steps.run, [0.0], {"plain": 1.0, 1: 2.0, 2: 3.0}
+
+    def timed_run(key, step):
+        ran.append((key[0], decoder.length.item()))
+        clock[0] += seconds[key[0]]
+        return run(key, step)
+    decoder.steps.run = timed_run
+    monkeypatch.setattr(speculative_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
     costs = decoder.measure_costs(prompt, 1.0, max_gamma=2, repeats=3)
     one_of_each = [("plain", len(prompt) + 1), (1, len(prompt) + 1), (2, len(prompt) + 1)]
     assert ran == one_of_each * 4                        # untimed, then 3 timed rounds
-    assert sorted(costs["block"]) == [1, 2] and costs["plain"] > 0
+    assert costs["plain"] == 1.0 and costs["block"] == {1: 2.0, 2: 3.0}
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
