@@ -671,19 +671,19 @@ class SpeculativeDecoder:
             return time.perf_counter() - started
 
         with self.steps.generator(torch.Generator(self.target.device).manual_seed(0)) as generator:
-            steps = {("plain", sampling): lambda: decode_step(self.target, self.tokens, self.target_cache,
-                                                              self.length, sampling, generator, self.sampler),
-                     **{(g, sampling, draft_mode): lambda g=g: self.block(g, sampling, generator, draft_mode)
-                        for g in range(1, max_gamma + 1)}}
-            for key, step in steps.items():
+            timed_steps = {("plain", sampling): lambda: decode_step(self.target, self.tokens, self.target_cache,
+                                                                    self.length, sampling, generator, self.sampler),
+                           **{(g, sampling, draft_mode): lambda g=g: self.block(g, sampling, generator, draft_mode)
+                              for g in range(1, max_gamma + 1)}}
+            for key, step in timed_steps.items():
                 seconds_at_first(key, step)                        # untimed: records, compiles
             # Rounds that time every step once, in turn, not each step's repeats in a row: a
             # machine whose speed drifts while it measures (a CPU's clocks, a neighbour's load)
             # then slows the plain step and the blocks alike, as evaluate.py's interleaved
             # baseline does, instead of pricing one of them in a slow stretch.
-            times = {key: [] for key in steps}
+            times = {key: [] for key in timed_steps}
             for _ in range(repeats):
-                for key, step in steps.items():
+                for key, step in timed_steps.items():
                     times[key].append(seconds_at_first(key, step))
         median = {key: sorted(seconds)[repeats // 2] for key, seconds in times.items()}
         plain = median[("plain", sampling)]
