@@ -524,7 +524,7 @@ class SpeculativeDecoder:
         """(new tokens, stats): exactly max_new_tokens tokens, fewer if a stop token comes first.
         stats (block_stats) also lists every block as (drafted tokens, n accepted, next token).
 
-        gamma="auto": before every block, the gamma with the most expected tokens per second
+        gamma="auto": for every block, the gamma with the most expected tokens per second
         (choose_gamma) from the step costs measure_costs recorded, corrected by the loop's own
         timings (update_cost), and the acceptance per draft position counted so far (over this
         decoder's earlier calls and this one's blocks); a gamma of 0 is a plain step of the
@@ -537,7 +537,12 @@ class SpeculativeDecoder:
         plain cost timed alone too high by that factor would explain. Where blocks clearly pay,
         the check would only cost: the plain step, and the draft's catch-up after it. A block that
         must first catch the draft up (on the prompt, or after plain steps) runs only if what
-        blocks are predicted to save over the tokens left pays for the catch-up (pays_for_catch_up)."""
+        blocks are predicted to save over the tokens left pays for the catch-up (pays_for_catch_up).
+        Each choice (auto_choice) is made while the GPU runs the iteration before it, between its
+        launch and the host's read of its result: the GPU would otherwise idle while the host
+        computes the gains, a few percent of a plain step at SmolLM2's size (BENCHMARKS.md section
+        3), which plain decoding does not pay. So a choice sees the counts and costs without that
+        iteration's block and timing: one iteration late, which moves no estimate much."""
         auto = gamma == "auto"
         if not auto and gamma < 1:
             raise ValueError(f"gamma (draft tokens per block) must be >= 1, got {gamma}")
@@ -568,6 +573,7 @@ class SpeculativeDecoder:
         started = time.perf_counter()
         self.start(prompt, pad_id)
         new_tokens, blocks, n_tokens, draft_end = [], [], P, 1         # the draft holds slots < draft_end
+        choice = auto_choice(counts, self.costs[key], max_gamma, self.block_margin) if auto else (gamma, 0.0)
         with self.steps.generator(generator) as generator:
             while len(new_tokens) < max_new_tokens:
                 iteration_started = time.perf_counter()
@@ -575,11 +581,9 @@ class SpeculativeDecoder:
                 # prompt: the first, whose wait includes the prompt's prefill (start() launched it
                 # without waiting), and the one that catches the draft up on the prompt.
                 timed = bool(blocks)
-                alphas = counts.optimistic_alphas(max_gamma) if auto else None
-                chosen = choose_gamma(alphas, self.costs[key], self.block_margin) if auto else gamma
+                chosen, gain = choice
                 behind = n_tokens - 1 - draft_end                 # tokens the draft must catch up on first
                 if auto and chosen:
-                    gain = predicted_gain(alphas, self.costs[key], chosen)
                     # The check's margin does not trust a plain factor the loop raised above 1:
                     # a plain step priced too high is what the check exists to find out.
                     plain_factor = max(1.0, loop_cost(self.costs[key], 0) / self.costs[key]["plain"])
@@ -591,17 +595,22 @@ class SpeculativeDecoder:
                         chosen = 0                                # blocks would not earn the catch-up back
                 block_gamma = min(chosen, context - n_tokens)     # = chosen except at the end of a context
                 if block_gamma == 0:                              # a plain step; the draft falls behind
-                    token = self.steps.run(("plain", sampling), lambda: decode_step(
+                    result = self.steps.run(("plain", sampling), lambda: decode_step(
                         self.target, self.tokens, self.target_cache, self.length, sampling, generator,
                         self.sampler))
-                    n_accepted, drafted, window = 0, [], token.tolist()
                 else:
                     if behind > 0:                                # catch the draft up: the prompt, plain steps
                         timed = timed and draft_end > 1           # (draft_end 1: nothing of the prompt yet)
                         self.steps.prefill(self.draft, self.tokens, self.draft_cache, draft_end, n_tokens - 1)
-                    read = self.steps.run((block_gamma, sampling, draft_mode),
-                                          lambda: self.block(block_gamma, sampling, generator, draft_mode))
-                    n_accepted, *read = read.tolist()             # the one host sync per block
+                    result = self.steps.run((block_gamma, sampling, draft_mode),
+                                            lambda: self.block(block_gamma, sampling, generator, draft_mode))
+                if auto:      # the next choice, while the GPU runs this iteration (docstring)
+                    choice = auto_choice(counts, self.costs[key], max_gamma, self.block_margin)
+                read = result.tolist()                            # the one host sync per iteration
+                if block_gamma == 0:
+                    n_accepted, drafted, window = 0, [], read
+                else:
+                    n_accepted, *read = read
                     window, drafted = read[: block_gamma + 1], read[block_gamma + 1:]
                     draft_end = n_tokens + n_accepted             # all but the newest two, after it
                     counts.add(n_accepted, block_gamma)
@@ -718,6 +727,14 @@ def choose_gamma(alphas: list[float], costs: dict, margin: float = 1.0) -> int:
     gains = {gamma: predicted_gain(alphas, costs, gamma) for gamma in sorted(costs["block"])}
     best = max(gains, key=gains.get, default=0)
     return best if best and gains[best] > margin else 0
+
+
+def auto_choice(counts: "AcceptanceCounts", costs: dict, max_gamma: int, margin: float) -> tuple[int, float]:
+    """gamma "auto"'s choice from the acceptance counted so far and the costs: (choose_gamma on
+    the optimistic alphas, the chosen block's predicted_gain; 0.0 for a plain step)."""
+    alphas = counts.optimistic_alphas(max_gamma)
+    chosen = choose_gamma(alphas, costs, margin)
+    return chosen, predicted_gain(alphas, costs, chosen) if chosen else 0.0
 
 
 def predicted_gain(alphas: list[float], costs: dict, gamma: int) -> float:

@@ -9,12 +9,14 @@ replayed alone (GPU ms), with its kernel count from torch.profiler (run without 
 whole block and the plain decoder's step as the decoders record them, at T=0 (argmaxes) and T=1,
 the sampling compiled as this path runs it (speculative.Sampler) and, at T=1, eager; both
 replayed with a synchronisation after each, as the decoders run them; and the two decoders' own
-loops on one prompt in the same process (plain decoding with and without a stop token).
+loops on one prompt in the same process (plain decoding with and without a stop token, and gamma
+auto held to plain steps).
 --shortlist K gives the draft a head over K tokens (fast_decode.shortlist_head). Needs a CUDA GPU; no download.
 Recorded in results/bench/profile_smollm2*.log (one H100) and results/smollm2-gpu/profile.log (one H200).
 """
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -158,14 +160,19 @@ def block_pieces(draft_name: str = "smollm2-draft-4l", shortlist: int | None = N
     # decodes: plain decoding then asks after every token whether to stop (a host sync per
     # token, as the speculative loop has one per block). The stop id is one past the vocabulary,
     # which no model can draw: every call makes all its tokens. Plain decoding also runs without
-    # stop ids, never asking, so the difference is what asking after every token costs.
+    # stop ids, never asking, so the difference is what asking after every token costs. And gamma
+    # "auto" held to plain steps (a block margin no block can beat): the speculative loop's plain
+    # step with the loop's bookkeeping, what auto pays where no block pays, against plain decoding.
     prompt, short, long, stop = fill[0, : CONTEXT - 96].tolist(), 16, 80, (V,)
     loops = {}
     for label, (temperature, compiled) in cases.items():
         speculative, plain_decoder = decoders[compiled]
         speculative.generate(prompt, 8, GAMMA, temperature)                  # records what is new
         plain_decoder.generate([prompt], 8, temperature)
-        per_block, per_step, per_unasked_step = [], [], []
+        speculative.measure_costs(prompt, temperature, max_gamma=GAMMA)     # records the rest for "auto"
+        speculative.block_margin = math.inf
+        speculative.generate(prompt, 8, "auto", temperature)
+        per_block, per_step, per_unasked_step, per_auto_step = [], [], [], []
 
         def run_speculative(n_new):
             stats = speculative.generate(prompt, n_new, GAMMA, temperature, stop_ids=stop)[1]
@@ -178,14 +185,19 @@ def block_pieces(draft_name: str = "smollm2-draft-4l", shortlist: int | None = N
                 seconds["plain", n_new] = wall_time(lambda: plain_decoder.generate([prompt], n_new, temperature,
                                                                                    stop_ids=stop))
                 seconds["unasked", n_new] = wall_time(lambda: plain_decoder.generate([prompt], n_new, temperature))
+                seconds["auto", n_new] = wall_time(lambda: speculative.generate(prompt, n_new, "auto", temperature,
+                                                                                stop_ids=stop))
             per_block.append((seconds[long] - seconds[short]) * 1e3 / (blocks[long] - blocks[short]))
             per_step.append((seconds["plain", long] - seconds["plain", short]) * 1e3 / (long - short))
             per_unasked_step.append((seconds["unasked", long] - seconds["unasked", short]) * 1e3 / (long - short))
+            per_auto_step.append((seconds["auto", long] - seconds["auto", short]) * 1e3 / (long - short))
         loops[label] = sorted(per_block)[2], sorted(per_step)[2]
+        auto_step = sorted(per_auto_step)[2]
         print(f"{label}, in the decoders' loops ({len(prompt)}-token prompt, {long} against {short} new tokens): "
               f"{loops[label][0]:.3f} ms per block, {loops[label][1]:.3f} per plain step; "
               f"block / plain step {loops[label][0] / loops[label][1]:.2f}; a plain step without stop ids (no "
-              f"host sync per token) {sorted(per_unasked_step)[2]:.3f} ms")
+              f"host sync per token) {sorted(per_unasked_step)[2]:.3f} ms; gamma auto's plain step "
+              f"{auto_step:.3f} ms, {auto_step / loops[label][1]:.3f}x plain decoding's")
     for where, times in (("as recorded", wholes), ("in the loops", loops)):
         print(f"T=1 block / T=0 block, {where}: {times['T=1'][0] / times['T=0'][0]:.3f} "
               f"({times['T=1, eager sampling'][0] / times['T=0'][0]:.3f} with eager sampling)")
