@@ -3,7 +3,7 @@
     python tools/run_summary.py --dir results/smollm2-gpu --logs run.log --profile results/smollm2-gpu/profile.log
 
 Reads the run's results.json (evaluate.py's), its run.sh log(s) and a block profile printed by
-tools/profile_smollm2.py --draft cut:4 on the same GPU, and prints:
+tools/profile_smollm2.py --draft cut:N (the run's draft) on the same GPU, and prints:
 1. every distilled draft's tau against the pretrained draft's, per (task, T, gamma): above it,
    and with the 95% CIs apart;
 2. the best wall-clock speed-up at T=0 and T=1 (any distilled draft, any gamma);
@@ -12,7 +12,7 @@ tools/profile_smollm2.py --draft cut:4 on the same GPU, and prints:
    and one recorded plain step at the same T, as the decoders record them;
 4. the preset's time: each phase's own time from the log(s). A run.sh run again resumes: the
    phases it finds finished report a few seconds, so each phase counts its longest report.
-results/smollm2-gpu/summary.txt and results/smollm2-gpu/lk_hybrid-1200-h100/summary.txt hold its output.
+results/smollm2-gpu/summary.txt (the preset's defaults) and the summary.txt of its run folders hold its output.
 """
 import argparse
 import json
