@@ -467,7 +467,7 @@ class SpeculativeDecoder:
             # draft was fed two tokens or one (of (1, 2, V), [:, -1] is a row of stride 2V). The
             # compiled draw specialises on strides: a second stride would recompile it into one
             # kernel generic in the stride, which every later draw runs, the plain steps' too
-            # (BENCHMARKS.md section 3: why auto's plain steps lost at T=1).
+            # (test_the_compiled_draw_is_specialised_once).
             logits = self.draft(draft_input, self.draft_cache, draft_slots)[0, -1:]  # (1, V) or (1, K)
             if argmax:
                 x = logits.argmax(dim=-1)                                           # x_i = argmax q_i, (1,)
@@ -539,10 +539,10 @@ class SpeculativeDecoder:
         must first catch the draft up (on the prompt, or after plain steps) runs only if what
         blocks are predicted to save over the tokens left pays for the catch-up (pays_for_catch_up).
         Each choice (auto_choice) is made while the GPU runs the iteration before it, between its
-        launch and the host's read of its result: the GPU would otherwise idle while the host
-        computes the gains, a few percent of a plain step at SmolLM2's size (BENCHMARKS.md section
-        3), which plain decoding does not pay. So a choice sees the counts and costs without that
-        iteration's block and timing: one iteration late, which moves no estimate much."""
+        launch and the host's read of its result: made after the read, it would leave the GPU
+        idle while the host computes the gains, which plain decoding does not pay. So a choice
+        sees the counts and costs without that iteration's block and timing: one iteration late,
+        which moves no estimate much."""
         auto = gamma == "auto"
         if not auto and gamma < 1:
             raise ValueError(f"gamma (draft tokens per block) must be >= 1, got {gamma}")

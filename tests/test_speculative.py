@@ -1218,10 +1218,12 @@ def test_generate_chooses_gamma_from_the_optimistic_alphas(monkeypatch):
 def test_auto_gamma_chooses_while_the_step_before_runs(monkeypatch):
     """Each choice after the first is made between an iteration's launch and the host's read of
     its result, while a GPU would still be running it, not in the gap between two iterations
-    where the GPU idles: the order is choose, run, choose, read, run, choose, read, ..."""
+    where the GPU idles: the order is choose, run, choose, read, run, choose, read, ... for plain
+    steps and blocks alike."""
     target = random_model(0, vocab_size=32)
     decoder = SpeculativeDecoder(target, perturbed_copy(target, 0.5), 48)
     decoder.costs[((1.0, None, None), "sample")] = {"plain": 1.0, "block": {1: 1.3, 2: 1.5}}
+    scheduled_gammas(monkeypatch, [2, 0, 0, 1, 0, 2])
     events, choose, run = [], speculative_module.choose_gamma, decoder.steps.run
 
     class Launched:                          # a step's result, as the host reads it
@@ -1236,7 +1238,8 @@ def test_auto_gamma_chooses_while_the_step_before_runs(monkeypatch):
     decoder.steps.run = lambda key, step: events.append("run") or Launched(run(key, step))
     stats = decoder.generate([3, 1, 4], 10, "auto", 1.0, generator=torch.Generator().manual_seed(0))[1]
     n = len(stats["blocks"])
-    assert n > 1 and events == ["choose"] + ["run", "choose", "read"] * n
+    assert stats["drafted_per_block"][:6] == [2, 0, 0, 1, 0, 2]                 # plain steps and blocks
+    assert events == ["choose"] + ["run", "choose", "read"] * n
 
 
 def test_one_early_rejection_does_not_stop_auto_gamma_from_trying_blocks():

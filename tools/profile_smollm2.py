@@ -12,7 +12,7 @@ replayed with a synchronisation after each, as the decoders run them; and the tw
 loops on one prompt in the same process (plain decoding with and without a stop token, and gamma
 auto held to plain steps).
 --shortlist K gives the draft a head over K tokens (fast_decode.shortlist_head). Needs a CUDA GPU; no download.
-Recorded in results/bench/profile_smollm2*.log and results/smollm2-gpu/profile.log (--draft cut:3, one H100).
+Recorded in results/bench/profile_smollm2*.log and in the profile*.log files under results/smollm2-gpu/.
 """
 
 import argparse
