@@ -260,7 +260,7 @@ class Decoder:
                                                                      self.length, sampling, generator, self.sampler))
                 made += 1
                 # Has every row stopped? Asked after every token: one host sync per token (the GPU
-                # idles while the host decides, a few percent of a step at SmolLM2's size), so plain
+                # idles while the host decides; tools/profile_smollm2.py times it), so plain
                 # decoding never runs steps past a stop token, which would make it look slower than
                 # it is beside the speculative loop (which asks once per block). Asked of the new
                 # tokens read to the host, as the speculative loop reads its block: one copy, no
