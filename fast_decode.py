@@ -264,6 +264,28 @@ def garbage_collector_paused():
 PREFILL_CHUNK = 128     # slots per recorded prefill step: most chat prompts fit in one
 
 
+class ReadLater:
+    """A step's result copied to the host without waiting, so that the host can launch the next
+    step before it reads this one. Why: a decoder reads every step's result (its tokens, to check
+    for a stop token; a block's accepted count), and if it waits for the GPU before launching
+    the next step, the GPU idles from the end of one step to the start of the next while the host
+    reads, decides and launches (a recorded step's launch alone is tenths of a millisecond of host
+    time, as long as a tenth of a SmolLM2 step: tools/profile_smollm2.py times it). Launched
+    first, the next step is queued before the GPU finishes this one.
+    The copy is queued on the GPU right after the step (into pinned host memory) and an event
+    after it, so the read waits for this step only, not for the one launched after it; and the
+    copy is taken before that next step runs, which overwrites a recorded step's outputs."""
+
+    def __init__(self, result: torch.Tensor):
+        self.values = result.to("cpu", non_blocking=True)       # pinned: a non-blocking copy
+        self.ready = torch.cuda.Event()
+        self.ready.record()
+
+    def tolist(self) -> list:
+        self.ready.synchronize()
+        return self.values.tolist()
+
+
 class StepRunner:
     """How a decoder runs its steps: eagerly (the step is a plain Python function of tensors at
     fixed addresses) or, with graphs=True on a CUDA GPU, each kind of step recorded once as a
@@ -277,7 +299,10 @@ class StepRunner:
       generator   the recordings draw from a generator of their own, registered with them;
                   the caller's generator (or torch's default one) hands its state over before a
                   call and takes it back after, so a recorded call draws the same random numbers
-                  as the eager one would."""
+                  as the eager one would;
+      read_later  a step's result on its way to the host, read after the next step is launched
+                  (run_ahead: how many steps a decoder may launch before it reads the one before;
+                  ReadLater says why)."""
 
     def __init__(self, device: torch.device, graphs: bool = False):
         if graphs and device.type != "cuda":
@@ -285,6 +310,14 @@ class StepRunner:
         self.graphs, self.device, self.recorded, self.prefill_slots = graphs, device, {}, {}
         self.own_generator = torch.Generator(device) if graphs else None
         self.prefill_chunk = PREFILL_CHUNK if graphs else None      # None: a prompt in one call
+        # On a CPU a step has run to its end when its call returns: reading it late saves nothing,
+        # and at a stop token the step launched ahead would be a whole step for nothing.
+        self.run_ahead = 1 if device.type == "cuda" else 0
+
+    def read_later(self, result: torch.Tensor) -> "ReadLater | torch.Tensor":
+        """result, to be read with .tolist() after the next step is launched (ReadLater); on a
+        CPU result itself (a new tensor per eager step, which the next step does not overwrite)."""
+        return ReadLater(result) if self.device.type == "cuda" else result
 
     def run(self, key, step):
         """step() eagerly, or the replay of its recording for `key` (recorded on first use)."""

@@ -253,22 +253,25 @@ class Decoder:
         self.steps.prefill(self.model, self.tokens, self.cache, 0, P - 1)
         sampling = (temperature, top_k, top_p)
         stopped = [False] * len(prompts)                  # has row b made a stop token yet?
-        made = 0
+        made, unread = 0, []                               # unread: steps' tokens not read yet, oldest first
         with self.steps.generator(generator) as generator:
             while made < max_new_tokens:
                 token = self.steps.run(sampling, lambda: decode_step(self.model, self.tokens, self.cache,
                                                                      self.length, sampling, generator, self.sampler))
                 made += 1
-                # Has every row stopped? Asked after every token: one host sync per token (the GPU
-                # idles while the host decides; tools/profile_smollm2.py times it), so plain
-                # decoding never runs steps past a stop token, which would make it look slower than
-                # it is beside the speculative loop (which asks once per block). Asked of the new
-                # tokens read to the host, as the speculative loop reads its block: one copy, no
-                # kernels of its own.
+                # Has every row stopped? Asked of every token, so that plain decoding runs no more
+                # than one step past a stop token, which would make it look slower than it is
+                # beside the speculative loop (which asks once per block). Asked of the tokens
+                # read to the host as the speculative loop reads its blocks: one copy, no kernels
+                # of its own, and on a GPU one step late (fast_decode.ReadLater): the next step is
+                # launched before the host waits for this one. A step launched past the stop token
+                # is cut off with it (cut_at_stop).
                 if stop_ids:
-                    stopped = [done or t in stop_ids for done, t in zip(stopped, token.tolist())]
-                    if all(stopped):
-                        break
+                    unread.append(self.steps.read_later(token))
+                    if len(unread) > self.steps.run_ahead:
+                        stopped = [done or t in stop_ids for done, t in zip(stopped, unread.pop(0).tolist())]
+                        if all(stopped):
+                            break
         rows = self.tokens[:, P: P + made].tolist()
         return [cut_at_stop(row, stop_ids) for row in rows]
 
@@ -538,11 +541,12 @@ class SpeculativeDecoder:
         the check would only cost: the plain step, and the draft's catch-up after it. A block that
         must first catch the draft up (on the prompt, or after plain steps) runs only if what
         blocks are predicted to save over the tokens left pays for the catch-up (pays_for_catch_up).
-        Each choice (auto_choice) is made while the GPU runs the iteration before it, between its
-        launch and the host's read of its result: made after the read, it would leave the GPU
-        idle while the host computes the gains, which plain decoding does not pay. So a choice
-        sees the counts and costs without that iteration's block and timing: one iteration late,
-        which moves no estimate much."""
+        Each choice (auto_choice) is made while the GPU runs the iteration before it, right after
+        its launch: made after the host's read of a result, it would leave the GPU idle while the
+        host computes the gains, which plain decoding does not pay. So a choice sees the counts
+        and costs without the iterations not read yet: one late, or two on a GPU, where the
+        iteration before is read only after the next is launched (fast_decode.ReadLater); that
+        moves no estimate much."""
         auto = gamma == "auto"
         if not auto and gamma < 1:
             raise ValueError(f"gamma (draft tokens per block) must be >= 1, got {gamma}")
@@ -573,56 +577,80 @@ class SpeculativeDecoder:
         started = time.perf_counter()
         self.start(prompt, pad_id)
         new_tokens, blocks, n_tokens, draft_end = [], [], P, 1         # the draft holds slots < draft_end
+        # The iteration launched and not read yet, if any: (its gamma, 0 for a plain step; its
+        # result on its way to the host; when it was launched; whether it is timed). On a GPU the
+        # next iteration is launched before it is read (fast_decode.ReadLater), wherever the next
+        # one needs nothing the host has not read: the unread one cannot end the call (it adds at
+        # most gamma + 1 tokens) or reach the end of a context, and the draft's catch-up after it
+        # is known (a block leaves the draft behind by the newest two tokens only, which every
+        # block feeds it; a plain step leaves it one token further behind).
+        unread, n_launched, last_read = None, 0, started
         choice = auto_choice(counts, self.costs[key], max_gamma, self.block_margin) if auto else (gamma, 0.0)
         with self.steps.generator(generator) as generator:
-            while len(new_tokens) < max_new_tokens:
-                iteration_started = time.perf_counter()
-                # Timed for the costs (update_cost says why), but not an iteration that pays for the
-                # prompt: the first, whose wait includes the prompt's prefill (start() launched it
-                # without waiting), and the one that catches the draft up on the prompt.
-                timed = bool(blocks)
-                chosen, gain = choice
-                behind = n_tokens - 1 - draft_end                 # tokens the draft must catch up on first
-                if auto and chosen:
-                    # The check's margin does not trust a plain factor the loop raised above 1:
-                    # a plain step priced too high is what the check exists to find out.
-                    plain_factor = max(1.0, loop_cost(self.costs[key], 0) / self.costs[key]["plain"])
-                    if (blocks and 0 < self.plain_check_every <= since_plain
-                            and gain / plain_factor < self.plain_check_margin):
-                        chosen = 0                                # the plain step's check (docstring)
-                    elif behind > 0 and not pays_for_catch_up(gain, self.costs[key], behind,
-                                                              max_new_tokens - len(new_tokens)):
-                        chosen = 0                                # blocks would not earn the catch-up back
-                block_gamma = min(chosen, context - n_tokens)     # = chosen except at the end of a context
-                if block_gamma == 0:                              # a plain step; the draft falls behind
-                    result = self.steps.run(("plain", sampling), lambda: decode_step(
-                        self.target, self.tokens, self.target_cache, self.length, sampling, generator,
-                        self.sampler))
-                else:
-                    if behind > 0:                                # catch the draft up: the prompt, plain steps
-                        timed = timed and draft_end > 1           # (draft_end 1: nothing of the prompt yet)
-                        self.steps.prefill(self.draft, self.tokens, self.draft_cache, draft_end, n_tokens - 1)
-                    result = self.steps.run((block_gamma, sampling, draft_mode),
-                                            lambda: self.block(block_gamma, sampling, generator, draft_mode))
-                if auto:      # the next choice, while the GPU runs this iteration (docstring)
-                    choice = auto_choice(counts, self.costs[key], max_gamma, self.block_margin)
-                read = result.tolist()                            # the one host sync per iteration
-                if block_gamma == 0:
-                    n_accepted, drafted, window = 0, [], read
-                else:
-                    n_accepted, *read = read
-                    window, drafted = read[: block_gamma + 1], read[block_gamma + 1:]
-                    draft_end = n_tokens + n_accepted             # all but the newest two, after it
-                    counts.add(n_accepted, block_gamma)
-                new_tokens += cut_at_stop(window[: n_accepted + 1], stop_ids)
-                blocks.append((drafted, n_accepted, window[n_accepted]))
-                n_tokens += n_accepted + 1
-                if auto and timed:
-                    update_cost(self.costs[key], block_gamma, time.perf_counter() - iteration_started,
-                                self.cost_update)
-                since_plain = since_plain + 1 if block_gamma else 0
-                if new_tokens and new_tokens[-1] in stop_ids:
+            while True:
+                ahead = unread[0] + 1 if unread else 0            # the most tokens the unread one adds
+                if len(new_tokens) + ahead < max_new_tokens and (unread is None or (
+                        self.steps.run_ahead and n_tokens + ahead + max_gamma < context)):
+                    launched_at, chosen, gain = time.perf_counter(), *choice
+                    after_plain = unread is not None and unread[0] == 0
+                    behind = 0 if unread and unread[0] else n_tokens + after_plain - 1 - draft_end
+                    # Timed for the costs (update_cost says why), but not an iteration that pays for
+                    # the prompt: the first, whose wait includes the prompt's prefill (start()
+                    # launched it without waiting), and the one that catches the draft up on it.
+                    timed = n_launched > 0
+                    if auto and chosen:
+                        # The check's margin does not trust a plain factor the loop raised above 1:
+                        # a plain step priced too high is what the check exists to find out.
+                        plain_factor = max(1.0, loop_cost(self.costs[key], 0) / self.costs[key]["plain"])
+                        if (timed and 0 < self.plain_check_every <= since_plain
+                                and gain / plain_factor < self.plain_check_margin):
+                            chosen = 0                            # the plain step's check (docstring)
+                        elif behind > 0 and not pays_for_catch_up(gain, self.costs[key], behind,
+                                                                  max_new_tokens - len(new_tokens) - ahead):
+                            chosen = 0                            # blocks would not earn the catch-up back
+                    block_gamma = min(chosen, context - n_tokens - ahead)   # = chosen but at a context's end
+                    if block_gamma == 0:                          # a plain step; the draft falls behind
+                        result = self.steps.run(("plain", sampling), lambda: decode_step(
+                            self.target, self.tokens, self.target_cache, self.length, sampling, generator,
+                            self.sampler))
+                    else:
+                        if behind > 0:                            # catch the draft up: the prompt, plain steps
+                            timed = timed and draft_end > 1       # (draft_end 1: nothing of the prompt yet)
+                            self.steps.prefill(self.draft, self.tokens, self.draft_cache, draft_end,
+                                               n_tokens + after_plain - 1)
+                        result = self.steps.run((block_gamma, sampling, draft_mode),
+                                                lambda: self.block(block_gamma, sampling, generator, draft_mode))
+                    launched = (block_gamma, self.steps.read_later(result), launched_at, timed)
+                    n_launched += 1
+                    since_plain = since_plain + 1 if block_gamma else 0
+                    if auto:      # the next choice, while the GPU runs this iteration (docstring)
+                        choice = auto_choice(counts, self.costs[key], max_gamma, self.block_margin)
+                elif unread is None:                              # every token made and read
                     break
+                else:
+                    launched = None
+                if unread is not None:                            # read the iteration before
+                    block_gamma, result, launched_at, timed = unread
+                    read = result.tolist()                        # the one wait for the GPU per iteration
+                    if block_gamma == 0:
+                        n_accepted, drafted, window = 0, [], read
+                    else:
+                        n_accepted, *read = read
+                        window, drafted = read[: block_gamma + 1], read[block_gamma + 1:]
+                        draft_end = n_tokens + n_accepted         # all but the newest two, after it
+                        counts.add(n_accepted, block_gamma)
+                    new_tokens += cut_at_stop(window[: n_accepted + 1], stop_ids)
+                    blocks.append((drafted, n_accepted, window[n_accepted]))
+                    n_tokens += n_accepted + 1
+                    now = time.perf_counter()
+                    if auto and timed:        # from its launch, or from the read before if it was queued
+                        update_cost(self.costs[key], block_gamma, now - max(launched_at, last_read),
+                                    self.cost_update)
+                    last_read = now
+                    if new_tokens and new_tokens[-1] in stop_ids:
+                        break                                     # (an iteration launched after it is lost)
+                unread = launched
+        synchronize(self.target.device)      # the clock stops when the GPU is done, a lost iteration too
         seconds = time.perf_counter() - started
         if auto:                                     # what fixed gammas run leaves the check alone
             self.blocks_since_plain[key] = since_plain

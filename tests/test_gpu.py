@@ -1,7 +1,7 @@
 """The fast decode paths (CUDA graphs, torch.compile of the blocks and of the sampling, fused
 projections) give the same tokens and the same accept/reject decisions as eager decoding, and
-the decode loops do not wait for the GPU as they go: plain decoding never, speculative decoding
-once per block.
+the decode loops never wait for all of the GPU's work as they go: each token or block is read
+after the next one is launched.
 
 These tests need a CUDA GPU and are skipped without one (CI has none); they are run on the GPU
 machine with `pytest tests/test_gpu.py` before any benchmark (BENCHMARKS.md records the run).
@@ -144,26 +144,36 @@ def count_host_syncs(fn) -> int:
     return sum("called a synchronizing CUDA operation" in str(w.message) for w in caught)
 
 
-def test_host_syncs_plain_none_per_token_speculative_one_per_block():
-    # The CPU can queue the next steps while the GPU works only if nothing waits for the GPU in
-    # between. So the number of waits must not grow with the tokens of plain decoding (a few at
-    # the ends: the prompt's copy in, the tokens' copy out), and must be exactly one per block
-    # (the block's accepted count) beyond those few for speculative decoding.
+def test_the_loops_never_wait_for_the_whole_queue_and_read_each_result_once(monkeypatch):
+    # The CPU can queue the next steps while the GPU works only if nothing waits for all of the
+    # GPU's work in between. So the stream syncs must not grow with the tokens (a few at the
+    # ends: the prompt's copy in, the tokens' copy out), with stop ids too: the loops read every
+    # token (plain decoding) or block (speculative decoding) through an event recorded right
+    # after it (fast_decode.ReadLater), which waits for that step only, not for the next one
+    # launched behind it.
+    import fast_decode
+    reads = []
+    tolist = fast_decode.ReadLater.tolist
+    monkeypatch.setattr(fast_decode.ReadLater, "tolist", lambda self: reads.append(1) or tolist(self))
     target, draft = pair()
     plain = Decoder(target, 1, SLOTS, graphs=True)
     speculative = SpeculativeDecoder(target, draft, SLOTS, graphs=True)
-    prompt = PROMPTS[1]
+    prompt, stop = PROMPTS[1], {target.config.vocab_size}         # a stop id no model draws
     for n_new in (6, 30):                                          # record every graph first
-        plain.generate([prompt], n_new, 1.0)
-        speculative.generate(prompt, n_new, 3, 1.0)
-    waits = [count_host_syncs(lambda: plain.generate([prompt], n_new, 1.0)) for n_new in (6, 30)]
-    assert waits[0] == waits[1] <= 4
-    beyond_blocks = []
+        plain.generate([prompt], n_new, 1.0, stop_ids=stop)
+        speculative.generate(prompt, n_new, 3, 1.0, stop_ids=stop)
+    waits, blocks, n_reads = {}, {}, {}
     for n_new in (6, 30):
-        blocks = []
-        syncs = count_host_syncs(lambda: blocks.extend(speculative.generate(prompt, n_new, 3, 1.0)[1]["accepted_per_block"]))
-        beyond_blocks.append(syncs - len(blocks))
-    assert beyond_blocks[0] == beyond_blocks[1] and 0 <= beyond_blocks[0] <= 4
+        reads.clear()
+        waits["plain", n_new] = count_host_syncs(lambda: plain.generate([prompt], n_new, 1.0, stop_ids=stop))
+        n_reads["plain", n_new] = len(reads)
+        reads.clear()
+        waits[n_new] = count_host_syncs(lambda: blocks.__setitem__(
+            n_new, len(speculative.generate(prompt, n_new, 3, 1.0, stop_ids=stop)[1]["accepted_per_block"])))
+        n_reads[n_new] = len(reads)
+    assert waits["plain", 6] == waits["plain", 30] <= 4 and waits[6] == waits[30] <= 4
+    assert n_reads["plain", 6] == 6 - 1 and n_reads["plain", 30] == 30 - 1    # the last token is never asked
+    assert n_reads[6] == blocks[6] and n_reads[30] == blocks[30]
 
 
 def test_compiled_blocks_train_as_eager_ones_do():

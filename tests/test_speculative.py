@@ -564,9 +564,11 @@ def test_greedy_eos_stops_like_generate(gamma):
     assert tokens.tolist() == plain_decode(target, prompt, 16, temperature=0, stop_ids={eos_id}).tolist()
 
 
-def test_plain_decoding_runs_no_step_past_every_rows_stop_token():
+@pytest.mark.parametrize("run_ahead", [0, 1])
+def test_plain_decoding_runs_no_step_past_every_rows_stop_token(run_ahead):
     # The baseline of every speed-up: a decoder that ran steps after a stop token and dropped
-    # their tokens would be timed for work it threw away, inflating the speed-up.
+    # their tokens would be timed for work it threw away, inflating the speed-up. Reading each
+    # token after the next step is launched (run_ahead 1, a GPU's default) runs one such step.
     model = random_model(0, vocab_size=32)
     prompts = [[5, 9, 2], [7, 30]]
     greedy = plain_decode_batch(model, prompts, 20, temperature=0)
@@ -574,9 +576,11 @@ def test_plain_decoding_runs_no_step_past_every_rows_stop_token():
     lengths = [next(i for i, token in enumerate(row) if token in stop_ids) + 1 for row in greedy]
     calls = []
     model.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[1]))
-    rows = plain_decode_batch(model, prompts, 20, temperature=0, stop_ids=stop_ids)
+    decoder = Decoder(model, len(prompts), 25)
+    decoder.steps.run_ahead = run_ahead
+    rows = decoder.generate(prompts, 20, temperature=0, stop_ids=stop_ids)
     assert rows == [row[:n] for row, n in zip(greedy, lengths)]
-    assert calls == [2] + [1] * max(lengths)          # the prefill, then one step per token made
+    assert calls == [2] + [1] * (max(lengths) + run_ahead)   # the prefill, one step per token made
 
 
 def test_sampled_output_ends_at_its_first_eos():
@@ -1242,6 +1246,62 @@ def test_auto_gamma_chooses_while_the_step_before_runs(monkeypatch):
     assert events == ["choose"] + ["run", "choose", "read"] * n
 
 
+def test_on_a_gpu_each_iteration_is_read_after_the_next_is_launched(monkeypatch):
+    """With run_ahead 1 (a GPU's default: fast_decode.ReadLater) the loop launches an iteration
+    before it reads the one before, so the GPU has the next one queued while the host reads:
+    choose, run, choose, run, choose, read, run, choose, read, ..., read. It launches none past
+    max_new_tokens: only an iteration that could not end the call is followed by one unread."""
+    target = random_model(0, vocab_size=32)
+    decoder = SpeculativeDecoder(target, perturbed_copy(target, 0.5), 48)
+    decoder.steps.run_ahead = 1
+    decoder.costs[((1.0, None, None), "sample")] = {"plain": 1.0, "block": {1: 1.3, 2: 1.5}}
+    scheduled_gammas(monkeypatch, [2, 0, 0, 1, 0, 2])
+    events, choose, run = [], speculative_module.choose_gamma, decoder.steps.run
+
+    class Launched:                          # a step's result, as the host reads it
+        def __init__(self, result):
+            self.result = result
+
+        def tolist(self):
+            events.append("read")
+            return self.result.tolist()
+    monkeypatch.setattr(speculative_module, "choose_gamma",
+                        lambda alphas, costs, margin: events.append("choose") or choose(alphas, costs, margin))
+    decoder.steps.run = lambda key, step: events.append("run") or Launched(run(key, step))
+    stats = decoder.generate([3, 1, 4], 10, "auto", 1.0, generator=torch.Generator().manual_seed(0))[1]
+    n = len(stats["blocks"])
+    assert stats["drafted_per_block"][:6] == [2, 0, 0, 1, 0, 2]
+    assert events == ["choose", "run", "choose"] + ["run", "choose", "read"] * (n - 1) + ["read"]
+
+
+def test_reading_each_iteration_late_changes_no_token(monkeypatch):
+    """Run ahead (run_ahead 1) on a CPU: the same tokens and blocks as reading every iteration
+    before the next, for fixed gammas, argmax drafting and gamma "auto" with plain steps and the
+    draft's catch-up between blocks: nothing an iteration does depends on the one not read yet."""
+    target = random_model(0, vocab_size=32)
+    draft = perturbed_copy(target, 0.3)
+    prompts = [[1, 5, 9], [1, 7, 3, 2, 8, 4, 6], [1, 2], [3], [1] + [3, 4] * 9]
+    for mode, auto in (("sample", False), ("argmax", False), ("sample", True)):
+        ahead = SpeculativeDecoder(target, draft, 48)
+        ahead.steps.run_ahead = 1
+        assert_decoders_agree(SpeculativeDecoder(target, draft, 48), ahead, prompts, mode, auto, monkeypatch)
+
+
+@pytest.mark.parametrize("gamma", [1, 3])
+def test_running_ahead_past_a_stop_token_loses_one_iteration_and_no_token(gamma):
+    target, draft = greedy_pair()
+    prompt = [5, 9, 2, 7, 30]
+    greedy = plain_decode(target, prompt, 16, temperature=0).tolist()
+    stop = greedy.index(greedy[5])
+    decoder = SpeculativeDecoder(target, draft, decoder_slots(target, draft, [prompt], 16, gamma))
+    decoder.steps.run_ahead = 1
+    calls = []
+    target.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[1]))
+    tokens, stats = decoder.generate(prompt, 16, gamma, temperature=0, stop_ids={greedy[5]})
+    assert tokens.tolist() == greedy[: stop + 1]
+    assert calls[1:] == [gamma + 1] * (len(stats["accepted_per_block"]) + 1)   # after the prefill: one block lost
+
+
 def test_one_early_rejection_does_not_stop_auto_gamma_from_trying_blocks():
     """A plain step tests no draft token: after one rejected block, the bare estimate (alpha_1 =
     (0 + 4/3) / 5 = 0.27) would choose plain steps for good where a block costs 1.3 plain steps;
@@ -1360,16 +1420,19 @@ def test_measure_costs_times_the_steps_in_rounds_at_the_prompts_position(monkeyp
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_auto_gamma_with_plain_steps_between_blocks_is_exact(monkeypatch, temperature):
+@pytest.mark.parametrize("run_ahead", [0, 1])
+def test_auto_gamma_with_plain_steps_between_blocks_is_exact(monkeypatch, temperature, run_ahead):
     """gamma 0 is a plain step of the target alone; the draft falls behind and is caught up
     before the next block. With a draft that IS the target, a draft whose cache had missed those
     tokens (or held a wrong slot) would propose other tokens: every block must accept all it
     drafts -- at T = 1 too, where the draft samples from its whole distribution and any cache
-    error shows. At T = 0 the output is the target's greedy decoding."""
+    error shows. At T = 0 the output is the target's greedy decoding. run_ahead 1: a block
+    launched while the plain step before it is not read yet catches the draft up on its token."""
     target = random_model(0, vocab_size=32)
     draft = copy.deepcopy(target)
     prompt = [5, 9, 2, 7]
     decoder = SpeculativeDecoder(target, draft, decoder_slots(target, draft, [prompt], 30, 3))
+    decoder.steps.run_ahead = run_ahead
     decoder.measure_costs(prompt, temperature, max_gamma=3, repeats=1)
     scheduled_gammas(monkeypatch, [2, 0, 0, 3, 0, 1, 0, 0, 0, 2, 3])
     tokens, stats = decoder.generate(prompt, 30, "auto", temperature=temperature,

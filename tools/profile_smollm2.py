@@ -8,9 +8,9 @@ tokens in the caches: each piece of one speculative block (gamma 4) recorded as 
 replayed alone (GPU ms), with its kernel count from torch.profiler (run without the graph); the
 whole block and the plain decoder's step as the decoders record them, at T=0 (argmaxes) and T=1,
 the sampling compiled as this path runs it (speculative.Sampler) and, at T=1, eager; both
-replayed with a synchronisation after each, as the decoders run them; and the two decoders' own
-loops on one prompt in the same process (plain decoding with and without a stop token, and gamma
-auto held to plain steps).
+replayed with a synchronisation after each; and the two decoders' own loops on one prompt in
+the same process (plain decoding with and without a stop token, and gamma auto held to plain
+steps), reading each iteration after the next is launched, as the decoders do on a GPU, and before.
 --shortlist K gives the draft a head over K tokens (fast_decode.shortlist_head). Needs a CUDA GPU; no download.
 Recorded in results/bench/profile_smollm2*.log and in the profile*.log files under results/smollm2-gpu/.
 """
@@ -36,10 +36,10 @@ def gpu_ms(fn) -> float:
 
 
 def synced_ms(fn, repeats: int = 50) -> tuple[float, float]:
-    """fn recorded as a CUDA graph and replayed as the decoders replay their recordings, each
-    replay followed by a synchronisation (the host reads every block's or token's result before
-    it launches the next): the median wall ms of replay + synchronisation, and the median host
-    ms of the replay call alone (the launch)."""
+    """fn recorded as a CUDA graph and replayed, each replay followed by a synchronisation, as a
+    loop that reads every result before it launches the next runs it (run_ahead 0): the median
+    wall ms of replay + synchronisation, and the median host ms of the replay call alone (the
+    launch, which a loop reading one iteration late hides behind the GPU's work)."""
     import torch
 
     import fast_decode
@@ -149,7 +149,7 @@ def block_pieces(draft_name: str = "smollm2-draft-4l", shortlist: int | None = N
         print(f"| one plain decoding step (Decoder.step), {label} | {kernels_per_call(step)} | {wholes[label][1]:.3f} |")
         synced[label] = synced_ms(block), synced_ms(step)
     for label, ((block_wall, block_launch), (step_wall, step_launch)) in synced.items():
-        print(f"{label}, replayed with a synchronisation after each (as the decoders run them): "
+        print(f"{label}, replayed with a synchronisation after each: "
               f"block {block_wall:.3f} ms (launch {block_launch:.3f} ms of host time), plain step "
               f"{step_wall:.3f} ms (launch {step_launch:.3f}); block / plain step {block_wall / step_wall:.2f}")
     # The same recordings in the decoders' own loops, same process, same caches: a prompt of
@@ -157,12 +157,14 @@ def block_pieces(draft_name: str = "smollm2-draft-4l", shortlist: int | None = N
     # LONG, per block and per plain step, so that what a call pays once (its recorded prefill,
     # the copies in and out) is not shared among its blocks -- at T=1 a block keeps more tokens
     # than at T=0, so a call has fewer blocks to share it. With a stop token, as evaluate.py
-    # decodes: plain decoding then asks after every token whether to stop (a host sync per
-    # token, as the speculative loop has one per block). The stop id is one past the vocabulary,
-    # which no model can draw: every call makes all its tokens. Plain decoding also runs without
-    # stop ids, never asking, so the difference is what asking after every token costs. And gamma
-    # "auto" held to plain steps (a block margin no block can beat): the speculative loop's plain
-    # step with the loop's bookkeeping, what auto pays where no block pays, against plain decoding.
+    # decodes: both loops then read every token or block, plain decoding after every token. The
+    # stop id is one past the vocabulary, which no model can draw: every call makes all its
+    # tokens. Plain decoding also runs without stop ids, reading nothing, so the difference is
+    # what reading every token costs. And gamma "auto" held to plain steps (a block margin no
+    # block can beat): the speculative loop's plain step with the loop's bookkeeping, what auto
+    # pays where no block pays, against plain decoding. All of it twice: reading each iteration
+    # after the next is launched (run_ahead 1, the decoders' default on a GPU), and before
+    # (run_ahead 0: the GPU idles while the host reads, decides and launches).
     prompt, short, long, stop = fill[0, : CONTEXT - 96].tolist(), 16, 80, (V,)
     loops = {}
     for label, (temperature, compiled) in cases.items():
@@ -172,32 +174,38 @@ def block_pieces(draft_name: str = "smollm2-draft-4l", shortlist: int | None = N
         speculative.measure_costs(prompt, temperature, max_gamma=GAMMA)     # records the rest for "auto"
         speculative.block_margin = math.inf
         speculative.generate(prompt, 8, "auto", temperature)
-        per_block, per_step, per_unasked_step, per_auto_step = [], [], [], []
+        for run_ahead in (1, 0):
+            speculative.steps.run_ahead = plain_decoder.steps.run_ahead = run_ahead
+            per_block, per_step, per_unasked_step, per_auto_step = [], [], [], []
 
-        def run_speculative(n_new):
-            stats = speculative.generate(prompt, n_new, GAMMA, temperature, stop_ids=stop)[1]
-            blocks[n_new] = len(stats["accepted_per_block"])
+            def run_speculative(n_new):
+                stats = speculative.generate(prompt, n_new, GAMMA, temperature, stop_ids=stop)[1]
+                blocks[n_new] = len(stats["accepted_per_block"])
 
-        for _ in range(5):                                                   # the median of 5
-            seconds, blocks = {}, {}
-            for n_new in (short, long):
-                seconds[n_new] = wall_time(lambda: run_speculative(n_new))
-                seconds["plain", n_new] = wall_time(lambda: plain_decoder.generate([prompt], n_new, temperature,
-                                                                                   stop_ids=stop))
-                seconds["unasked", n_new] = wall_time(lambda: plain_decoder.generate([prompt], n_new, temperature))
-                seconds["auto", n_new] = wall_time(lambda: speculative.generate(prompt, n_new, "auto", temperature,
-                                                                                stop_ids=stop))
-            per_block.append((seconds[long] - seconds[short]) * 1e3 / (blocks[long] - blocks[short]))
-            per_step.append((seconds["plain", long] - seconds["plain", short]) * 1e3 / (long - short))
-            per_unasked_step.append((seconds["unasked", long] - seconds["unasked", short]) * 1e3 / (long - short))
-            per_auto_step.append((seconds["auto", long] - seconds["auto", short]) * 1e3 / (long - short))
-        loops[label] = sorted(per_block)[2], sorted(per_step)[2]
-        auto_step = sorted(per_auto_step)[2]
-        print(f"{label}, in the decoders' loops ({len(prompt)}-token prompt, {long} against {short} new tokens): "
-              f"{loops[label][0]:.3f} ms per block, {loops[label][1]:.3f} per plain step; "
-              f"block / plain step {loops[label][0] / loops[label][1]:.2f}; a plain step without stop ids (no "
-              f"host sync per token) {sorted(per_unasked_step)[2]:.3f} ms; gamma auto's plain step "
-              f"{auto_step:.3f} ms, {auto_step / loops[label][1]:.3f}x plain decoding's")
+            for _ in range(5):                                               # the median of 5
+                seconds, blocks = {}, {}
+                for n_new in (short, long):
+                    seconds[n_new] = wall_time(lambda: run_speculative(n_new))
+                    seconds["plain", n_new] = wall_time(lambda: plain_decoder.generate([prompt], n_new, temperature,
+                                                                                       stop_ids=stop))
+                    seconds["unasked", n_new] = wall_time(lambda: plain_decoder.generate([prompt], n_new, temperature))
+                    seconds["auto", n_new] = wall_time(lambda: speculative.generate(prompt, n_new, "auto", temperature,
+                                                                                    stop_ids=stop))
+                per_block.append((seconds[long] - seconds[short]) * 1e3 / (blocks[long] - blocks[short]))
+                per_step.append((seconds["plain", long] - seconds["plain", short]) * 1e3 / (long - short))
+                per_unasked_step.append((seconds["unasked", long] - seconds["unasked", short]) * 1e3 / (long - short))
+                per_auto_step.append((seconds["auto", long] - seconds["auto", short]) * 1e3 / (long - short))
+            block_ms, step_ms, auto_ms = sorted(per_block)[2], sorted(per_step)[2], sorted(per_auto_step)[2]
+            if run_ahead:
+                loops[label] = block_ms, step_ms
+                where = f"in the decoders' loops ({len(prompt)}-token prompt, {long} against {short} new tokens)"
+            else:
+                where = "in the loops, each iteration read before the next is launched (run_ahead 0)"
+            print(f"{label}, {where}: {block_ms:.3f} ms per block, {step_ms:.3f} per plain step; block / plain step "
+                  f"{block_ms / step_ms:.2f}; a plain step without stop ids (nothing read) "
+                  f"{sorted(per_unasked_step)[2]:.3f} ms; gamma auto's plain step {auto_ms:.3f} ms, "
+                  f"{auto_ms / step_ms:.3f}x plain decoding's")
+        speculative.steps.run_ahead = plain_decoder.steps.run_ahead = 1
     for where, times in (("as recorded", wholes), ("in the loops", loops)):
         print(f"T=1 block / T=0 block, {where}: {times['T=1'][0] / times['T=0'][0]:.3f} "
               f"({times['T=1, eager sampling'][0] / times['T=0'][0]:.3f} with eager sampling)")
