@@ -165,6 +165,9 @@ def evaluate_pair(target: Llama, draft: Llama, prompts: list[list[int]], gammas:
         if gamma == "auto":           # what auto chose from: the costs measured alone, and as the loop left them
             row["costs_ms"] = {"measured": measured_costs[mode],
                                "after": costs_ms(speculative.costs[(sampling, mode)])}
+            # and what it ran, prompt by prompt, in order: "0" a plain step, "gamma:accepted" a block
+            row["auto_trace"] = [" ".join(f"{len(drafted)}:{n}" if drafted else "0" for drafted, n, _ in stats["blocks"])
+                                 for _, stats in gamma_runs]
         row["mbsu"] = memory_bound_speedup(*(param_counts or (count_params(target), count_params(draft))),
                                            row["block_efficiency"], block_gamma)
         if plain is not None:

@@ -872,6 +872,14 @@ def test_evaluate_pair_keeps_the_costs_auto_chose_from():
     per_token = measured[0]["catch_up"]["per_token"]
     assert auto["costs_ms"]["measured"]["catch_up"]["per_token"] == round(per_token * 1e3, 6)
     assert auto["costs_ms"]["measured"] != auto["costs_ms"]["after"]          # the loop moved them
+    assert "auto_trace" not in fixed and len(auto["auto_trace"]) == len(prompts)
+    for trace in auto["auto_trace"]:            # every iteration: a plain step's token, a block's n + 1
+        iterations = [tuple(map(int, step.split(":"))) if ":" in step else (0, 0) for step in trace.split()]
+        assert sum(n + 1 for _, n in iterations) >= 10 > sum(n + 1 for _, n in iterations[:-1])
+        assert all(0 <= n <= gamma <= 2 for gamma, n in iterations)
+    assert auto["mean_gamma"] == pytest.approx(sum(int(step.split(":")[0]) for trace in auto["auto_trace"]
+                                                   for step in trace.split()) /
+                                               sum(len(trace.split()) for trace in auto["auto_trace"]))
 
 
 def test_evaluate_pair_warms_up_without_moving_the_costs(monkeypatch):
