@@ -664,8 +664,8 @@ class SpeculativeDecoder:
                       top_p: float | None = None, draft_mode: str = "sample", max_gamma: int = MAX_AUTO_GAMMA,
                       repeats: int = 5) -> dict:
         """Seconds of a plain step of the target and of a block of each gamma = 1..max_gamma on
-        this machine, as the decode loop runs them (each followed by the host's read of its
-        result), the median of `repeats` after an untimed first run (which records or compiles),
+        this machine, as the decode loop runs them but each followed by the host's read of its
+        result (the loop on a GPU reads it after launching the next: update_cost corrects), the median of `repeats` after an untimed first run (which records or compiles),
         at the prompt's position, timed in rounds of one of each. The cost of a block does not
         depend on how many of its tokens are accepted: the draft's and the target's passes are the
         same work either way. Kept for gamma="auto" (choose_gamma) under these sampling settings,
@@ -816,8 +816,9 @@ def update_cost(costs: dict, gamma: int, seconds: float, weight: float) -> None:
 
     with n the iterations of that kind timed so far, this one included (costs["timed"]).
     measure_costs times each step alone. The loop pays more, or less: its bookkeeping between
-    blocks, the draft's catch-up after plain steps, a GPU left idle while the host decides, a
-    processor's caches that the other model has emptied -- enough to turn a block that pays
+    blocks, the draft's catch-up after plain steps, a processor's caches that the other model has
+    emptied, less on a GPU the launch that a step timed alone with its read pays and the loop
+    hides (fast_decode.ReadLater) -- enough to turn a block that pays
     alone into one that does not (BENCHMARKS.md sections 2 and 3 measure the gap). Why one factor
     for every gamma: the loop's extra is much the same share of any block, and a factor per gamma
     would be corrected only when its gamma runs -- a gamma that looks cheap because its own factor
