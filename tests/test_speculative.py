@@ -1227,13 +1227,18 @@ def test_generate_chooses_gamma_from_the_optimistic_alphas(monkeypatch):
     assert seen[0] == pytest.approx([0.75, 0.75]) == AcceptanceCounts().optimistic_alphas(2)
 
 
-def test_auto_gamma_chooses_while_the_step_before_runs(monkeypatch):
-    """Each choice after the first is made between an iteration's launch and the host's read of
-    its result, while a GPU would still be running it, not in the gap between two iterations
-    where the GPU idles: the order is choose, run, choose, read, run, choose, read, ... for plain
-    steps and blocks alike."""
+@pytest.mark.parametrize("run_ahead", [0, 1])
+def test_auto_gamma_chooses_while_the_step_before_runs(monkeypatch, run_ahead):
+    """Each choice after the first is made right after an iteration's launch, while a GPU would
+    still be running it, not in the gap between a read and the next launch where the GPU idles:
+    choose, run, choose, read, run, choose, read, ... for plain steps and blocks alike. With
+    run_ahead 1 (a GPU's default: fast_decode.ReadLater) the loop launches an iteration before it
+    reads the one before, so the GPU has the next one queued while the host reads: choose, run,
+    choose, run, choose, read, run, choose, read, ..., read; and none past max_new_tokens: only an
+    iteration that could not end the call is followed by one unread."""
     target = random_model(0, vocab_size=32)
     decoder = SpeculativeDecoder(target, perturbed_copy(target, 0.5), 48)
+    decoder.steps.run_ahead = run_ahead
     decoder.costs[((1.0, None, None), "sample")] = {"plain": 1.0, "block": {1: 1.3, 2: 1.5}}
     scheduled_gammas(monkeypatch, [2, 0, 0, 1, 0, 2])
     events, choose, run = [], speculative_module.choose_gamma, decoder.steps.run
@@ -1251,35 +1256,10 @@ def test_auto_gamma_chooses_while_the_step_before_runs(monkeypatch):
     stats = decoder.generate([3, 1, 4], 10, "auto", 1.0, generator=torch.Generator().manual_seed(0))[1]
     n = len(stats["blocks"])
     assert stats["drafted_per_block"][:6] == [2, 0, 0, 1, 0, 2]                 # plain steps and blocks
-    assert events == ["choose"] + ["run", "choose", "read"] * n
-
-
-def test_on_a_gpu_each_iteration_is_read_after_the_next_is_launched(monkeypatch):
-    """With run_ahead 1 (a GPU's default: fast_decode.ReadLater) the loop launches an iteration
-    before it reads the one before, so the GPU has the next one queued while the host reads:
-    choose, run, choose, run, choose, read, run, choose, read, ..., read. It launches none past
-    max_new_tokens: only an iteration that could not end the call is followed by one unread."""
-    target = random_model(0, vocab_size=32)
-    decoder = SpeculativeDecoder(target, perturbed_copy(target, 0.5), 48)
-    decoder.steps.run_ahead = 1
-    decoder.costs[((1.0, None, None), "sample")] = {"plain": 1.0, "block": {1: 1.3, 2: 1.5}}
-    scheduled_gammas(monkeypatch, [2, 0, 0, 1, 0, 2])
-    events, choose, run = [], speculative_module.choose_gamma, decoder.steps.run
-
-    class Launched:                          # a step's result, as the host reads it
-        def __init__(self, result):
-            self.result = result
-
-        def tolist(self):
-            events.append("read")
-            return self.result.tolist()
-    monkeypatch.setattr(speculative_module, "choose_gamma",
-                        lambda alphas, costs, margin: events.append("choose") or choose(alphas, costs, margin))
-    decoder.steps.run = lambda key, step: events.append("run") or Launched(run(key, step))
-    stats = decoder.generate([3, 1, 4], 10, "auto", 1.0, generator=torch.Generator().manual_seed(0))[1]
-    n = len(stats["blocks"])
-    assert stats["drafted_per_block"][:6] == [2, 0, 0, 1, 0, 2]
-    assert events == ["choose", "run", "choose"] + ["run", "choose", "read"] * (n - 1) + ["read"]
+    if run_ahead:
+        assert events == ["choose", "run", "choose"] + ["run", "choose", "read"] * (n - 1) + ["read"]
+    else:
+        assert events == ["choose"] + ["run", "choose", "read"] * n
 
 
 def test_reading_each_iteration_late_changes_no_token(monkeypatch):
