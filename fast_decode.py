@@ -269,9 +269,9 @@ class ReadLater:
     step before it reads this one. Why: a decoder reads every step's result (its tokens, to check
     for a stop token; a block's accepted count), and if it waits for the GPU before launching
     the next step, the GPU idles from the end of one step to the start of the next while the host
-    reads, decides and launches (a recorded step's launch alone is tenths of a millisecond of host
-    time, as long as a tenth of a SmolLM2 step: tools/profile_smollm2.py times it). Launched
-    first, the next step is queued before the GPU finishes this one.
+    reads, decides and launches (at SmolLM2's size the launch of a recorded step alone is a good
+    part of a step: tools/profile_smollm2.py times both). Launched first, the next step is
+    queued before the GPU finishes this one.
     The copy is queued on the GPU right after the step (into pinned host memory) and an event
     after it, so the read waits for this step only, not for the one launched after it; and the
     copy is taken before that next step runs, which overwrites a recorded step's outputs."""
@@ -279,7 +279,7 @@ class ReadLater:
     def __init__(self, result: torch.Tensor):
         self.values = result.to("cpu", non_blocking=True)       # pinned: a non-blocking copy
         self.ready = torch.cuda.Event()
-        self.ready.record()
+        self.ready.record(torch.cuda.current_stream(result.device))   # the copy's stream, on the result's GPU
 
     def tolist(self) -> list:
         self.ready.synchronize()
