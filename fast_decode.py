@@ -301,8 +301,8 @@ class StepRunner:
                   call and takes it back after, so a recorded call draws the same random numbers
                   as the eager one would;
       read_later  a step's result on its way to the host, read after the next step is launched
-                  (run_ahead: how many steps a decoder may launch before it reads the one before;
-                  ReadLater says why)."""
+                  (run_ahead 1: a decoder launches the next step before it reads this one; 0: it
+                  reads each step first; ReadLater says why)."""
 
     def __init__(self, device: torch.device, graphs: bool = False):
         if graphs and device.type != "cuda":

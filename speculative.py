@@ -622,7 +622,6 @@ class SpeculativeDecoder:
                                                 lambda: self.block(block_gamma, sampling, generator, draft_mode))
                     launched = (block_gamma, self.steps.read_later(result), launched_at, timed)
                     n_launched += 1
-                    since_plain = since_plain + 1 if block_gamma else 0
                     if auto:      # the next choice, while the GPU runs this iteration (docstring)
                         choice = auto_choice(counts, self.costs[key], max_gamma, self.block_margin)
                 elif unread is None:                              # every token made and read
@@ -647,6 +646,7 @@ class SpeculativeDecoder:
                         update_cost(self.costs[key], block_gamma, now - max(launched_at, last_read),
                                     self.cost_update)
                     last_read = now
+                    since_plain = since_plain + 1 if block_gamma else 0
                     if new_tokens and new_tokens[-1] in stop_ids:
                         break                                     # (an iteration launched after it is lost)
                 unread = launched
@@ -665,8 +665,9 @@ class SpeculativeDecoder:
                       repeats: int = 5) -> dict:
         """Seconds of a plain step of the target and of a block of each gamma = 1..max_gamma on
         this machine, as the decode loop runs them but each followed by the host's read of its
-        result (the loop on a GPU reads it after launching the next: update_cost corrects), the median of `repeats` after an untimed first run (which records or compiles),
-        at the prompt's position, timed in rounds of one of each. The cost of a block does not
+        result (on a GPU the loop reads it after launching the next: update_cost corrects), the
+        median of `repeats` after an untimed first run (which records or compiles), at the
+        prompt's position, timed in rounds of one of each. The cost of a block does not
         depend on how many of its tokens are accepted: the draft's and the target's passes are the
         same work either way. Kept for gamma="auto" (choose_gamma) under these sampling settings,
         and returned:

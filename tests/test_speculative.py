@@ -565,7 +565,7 @@ def test_greedy_eos_stops_like_generate(gamma):
 
 
 @pytest.mark.parametrize("run_ahead", [0, 1])
-def test_plain_decoding_runs_no_step_past_every_rows_stop_token(run_ahead):
+def test_plain_decoding_runs_at_most_one_step_past_every_rows_stop_token(run_ahead):
     # The baseline of every speed-up: a decoder that ran steps after a stop token and dropped
     # their tokens would be timed for work it threw away, inflating the speed-up. Reading each
     # token after the next step is launched (run_ahead 1, a GPU's default) runs one such step.
@@ -1260,6 +1260,7 @@ def test_auto_gamma_chooses_while_the_step_before_runs(monkeypatch, run_ahead):
         assert events == ["choose", "run", "choose"] + ["run", "choose", "read"] * (n - 1) + ["read"]
     else:
         assert events == ["choose"] + ["run", "choose", "read"] * n
+    assert sum(n + 1 for _, n, _ in stats["blocks"][:-1]) < 10             # no iteration past max_new_tokens
 
 
 def test_reading_each_iteration_late_changes_no_token(monkeypatch):
@@ -1273,6 +1274,24 @@ def test_reading_each_iteration_late_changes_no_token(monkeypatch):
         ahead = SpeculativeDecoder(target, draft, 48)
         ahead.steps.run_ahead = 1
         assert_decoders_agree(SpeculativeDecoder(target, draft, 48), ahead, prompts, mode, auto, monkeypatch)
+
+
+@pytest.mark.parametrize("gamma", [3, 5])
+def test_reading_late_at_the_end_of_the_context_drafts_what_reading_first_drafts(gamma):
+    """Near the end of a context a block drafts fewer than gamma tokens; running ahead there would
+    size a block from a length it has not read, so the loop reads first: the same blocks."""
+    target = random_model(0, vocab_size=32, max_seq_len=16)
+    draft = perturbed_copy(target, 0.3)
+    prompt = [1, 5, 9, 2]
+    runs = []
+    for run_ahead in (0, 1):
+        decoder = SpeculativeDecoder(target, draft, decoder_slots(target, draft, [prompt], 12, gamma))
+        decoder.steps.run_ahead = run_ahead
+        runs.append([decoder.generate(prompt, 12, gamma, temperature, generator=torch.Generator().manual_seed(5))
+                     for temperature in (0.0, 1.0)])
+    for (expected, expected_stats), (tokens, stats) in zip(*runs):
+        assert tokens.tolist() == expected.tolist() and stats["blocks"] == expected_stats["blocks"]
+    assert min(len(drafted) for drafted, _, _ in runs[1][0][1]["blocks"]) < gamma      # the context cut a block
 
 
 @pytest.mark.parametrize("gamma", [1, 3])

@@ -43,11 +43,11 @@ def main() -> None:
         block, step = re.search(rf"^T={temperature}, in the decoders' loops \([^)]*\): ([\d.]+) ms per block, "
                                 rf"([\d.]+) per plain step", profile, re.M).groups()
         cost[float(temperature)] = float(step) / float(block)
-    own_cost = {(r["draft"], r["task"], r["temperature"]):               # the same, as the evaluation timed them
-                r["costs_ms"]["measured"]["plain"] / r["costs_ms"]["measured"]["block"]["4"]
-                for r in rows if r["gamma"] == "auto" and "4" in r["costs_ms"]["measured"]["block"]}
 
     distilled = [r for r in rows if r["draft"] != "pretrained"]
+    own_cost = {(r["draft"], r["task"], r["temperature"]):               # the same, as the evaluation timed them
+                r["costs_ms"]["measured"]["plain"] / r["costs_ms"]["measured"]["block"]["4"]
+                for r in distilled if r["gamma"] == "auto" and "4" in r["costs_ms"]["measured"]["block"]}
     gaps = ci_gaps(rows)             # (lower bound - pretrained upper bound, tau difference, row) per cell
     print(f"1. distilled cells with tau above the pretrained draft's: {sum(g[1] > 0 for g in gaps)} of {len(gaps)}; "
           f"with the 95% CIs apart: {sum(g[0] > 0 for g in gaps)} of {len(gaps)}")
