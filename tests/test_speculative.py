@@ -1263,6 +1263,37 @@ def test_auto_gamma_chooses_while_the_step_before_runs(monkeypatch, run_ahead):
     assert sum(n + 1 for _, n, _ in stats["blocks"][:-1]) < 10             # no iteration past max_new_tokens
 
 
+@pytest.mark.parametrize("run_ahead", [0, 1])
+def test_the_loop_times_an_iteration_from_its_launch_or_the_read_before(monkeypatch, run_ahead):
+    """update_cost gets the time an iteration held the GPU: from its launch, or, when it was
+    launched before the iteration ahead of it was read (run_ahead 1), from that read. A clock
+    that moves only while the host waits for a result, by 1 per iteration: every window is 1,
+    where timing a queued iteration from its launch would count the wait for the one before."""
+    clock = [0.0]
+    monkeypatch.setattr(speculative_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    windows = []
+    monkeypatch.setattr(speculative_module, "update_cost",
+                        lambda costs, gamma, seconds, weight: windows.append(seconds))
+    target = random_model(0, vocab_size=32)
+    decoder = SpeculativeDecoder(target, perturbed_copy(target, 0.5), 48)
+    decoder.steps.run_ahead = run_ahead
+    decoder.costs[((1.0, None, None), "sample")] = {"plain": 1.0, "block": {1: 1.3, 2: 1.5}}
+    scheduled_gammas(monkeypatch, [2, 0, 0, 1, 0, 2])
+    run = decoder.steps.run
+
+    class Launched:                          # the host waits 1 for each result
+        def __init__(self, result):
+            self.result = result
+
+        def tolist(self):
+            clock[0] += 1.0
+            return self.result.tolist()
+    decoder.steps.run = lambda key, step: Launched(run(key, step))
+    stats = decoder.generate([3, 1, 4], 10, "auto", 1.0, generator=torch.Generator().manual_seed(0))[1]
+    assert len(windows) == len(stats["blocks"]) - 1         # all but the first: it pays for the prompt
+    assert windows == [1.0] * len(windows)
+
+
 def test_reading_each_iteration_late_changes_no_token(monkeypatch):
     """Run ahead (run_ahead 1) on a CPU: the same tokens and blocks as reading every iteration
     before the next, for fixed gammas, argmax drafting and gamma "auto" with plain steps and the
