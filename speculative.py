@@ -39,6 +39,7 @@ import math
 import time
 from collections.abc import Collection
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import torch
 
@@ -259,9 +260,9 @@ class Decoder:
                 token = self.steps.run(sampling, lambda: decode_step(self.model, self.tokens, self.cache,
                                                                      self.length, sampling, generator, self.sampler))
                 made += 1
-                # Has every row stopped? Asked of every token, so that plain decoding runs no more
-                # than one step past a stop token, which would make it look slower than it is
-                # beside the speculative loop (which asks once per block). Asked of the tokens
+                # Has every row stopped? Asked of every token, so that plain decoding runs at most
+                # one step past a stop token: more would make it look slower than it is beside the
+                # speculative loop (which asks once per block). Asked of the tokens
                 # read to the host as the speculative loop reads its blocks: one copy, no kernels
                 # of its own, and on a GPU one step late (fast_decode.ReadLater): the next step is
                 # launched before the host waits for this one. A step launched past the stop token
@@ -396,6 +397,14 @@ class Sampler:
 
 
 EAGER = Sampler()      # the functions themselves: the CPU paths, and every test of them
+
+
+class Launched(NamedTuple):
+    """An iteration of SpeculativeDecoder.generate launched and not read yet."""
+    gamma: int                  # its block's gamma; 0 for a plain step
+    result: object              # what it returns, on its way to the host (StepRunner.read_later)
+    launched_at: float          # time.perf_counter() at its launch
+    timed: bool                 # whether its time goes into the costs (update_cost)
 
 
 class SpeculativeDecoder:
@@ -577,9 +586,8 @@ class SpeculativeDecoder:
         started = time.perf_counter()
         self.start(prompt, pad_id)
         new_tokens, blocks, n_tokens, draft_end = [], [], P, 1         # the draft holds slots < draft_end
-        # The iteration launched and not read yet, if any: (its gamma, 0 for a plain step; its
-        # result on its way to the host; when it was launched; whether it is timed). On a GPU the
-        # next iteration is launched before it is read (fast_decode.ReadLater), wherever the next
+        # `unread`: the iteration launched and not read yet, if any (Launched). On a GPU the next
+        # iteration is launched before it is read (fast_decode.ReadLater), wherever the next
         # one needs nothing the host has not read: the unread one cannot end the call (it adds at
         # most gamma + 1 tokens) or reach the end of a context, and the draft's catch-up after it
         # is known (a block leaves the draft behind by the newest two tokens only, which every
@@ -588,12 +596,12 @@ class SpeculativeDecoder:
         choice = auto_choice(counts, self.costs[key], max_gamma, self.block_margin) if auto else (gamma, 0.0)
         with self.steps.generator(generator) as generator:
             while True:
-                ahead = unread[0] + 1 if unread else 0            # the most tokens the unread one adds
+                ahead = unread.gamma + 1 if unread else 0         # the most tokens the unread one adds
                 if len(new_tokens) + ahead < max_new_tokens and (unread is None or (
                         self.steps.run_ahead and n_tokens + ahead + max_gamma < context)):
                     launched_at, chosen, gain = time.perf_counter(), *choice
-                    after_plain = unread is not None and unread[0] == 0
-                    behind = 0 if unread and unread[0] else n_tokens + after_plain - 1 - draft_end
+                    after_plain = unread is not None and unread.gamma == 0
+                    behind = 0 if unread and unread.gamma else n_tokens + after_plain - 1 - draft_end
                     # Timed for the costs (update_cost says why), but not an iteration that pays for
                     # the prompt: the first, whose wait includes the prompt's prefill (start()
                     # launched it without waiting), and the one that catches the draft up on it.
@@ -620,13 +628,13 @@ class SpeculativeDecoder:
                                                n_tokens + after_plain - 1)
                         result = self.steps.run((block_gamma, sampling, draft_mode),
                                                 lambda: self.block(block_gamma, sampling, generator, draft_mode))
-                    launched = (block_gamma, self.steps.read_later(result), launched_at, timed)
+                    launched = Launched(block_gamma, self.steps.read_later(result), launched_at, timed)
                     n_launched += 1
                     if auto:      # the next choice, while the GPU runs this iteration (docstring)
                         choice = auto_choice(counts, self.costs[key], max_gamma, self.block_margin)
                 elif unread is None:                              # every token made and read
                     break
-                else:
+                else:                                             # nothing to launch before the read
                     launched = None
                 if unread is not None:                            # read the iteration before
                     block_gamma, result, launched_at, timed = unread
@@ -816,11 +824,11 @@ def update_cost(costs: dict, gamma: int, seconds: float, weight: float) -> None:
         f <- f + w (min(seconds / alone, 2 f) - f),   w = max(weight, 1 / (n + 1))
 
     with n the iterations of that kind timed so far, this one included (costs["timed"]).
-    measure_costs times each step alone. The loop pays more, or less: its bookkeeping between
-    blocks, the draft's catch-up after plain steps, a processor's caches that the other model has
-    emptied, less on a GPU the launch that a step timed alone with its read pays and the loop
-    hides (fast_decode.ReadLater) -- enough to turn a block that pays
-    alone into one that does not (BENCHMARKS.md sections 2 and 3 measure the gap). Why one factor
+    measure_costs times each step alone. The loop pays more, or less: more for its bookkeeping
+    between blocks, the draft's catch-up after plain steps and a processor's caches that the other
+    model has emptied; less on a GPU, where it hides the launch that a step timed alone with its
+    read pays (fast_decode.ReadLater) -- enough to turn a block that pays alone into one that
+    does not (BENCHMARKS.md sections 2 and 3 measure the gap). Why one factor
     for every gamma: the loop's extra is much the same share of any block, and a factor per gamma
     would be corrected only when its gamma runs -- a gamma that looks cheap because its own factor
     has never been measured gets chosen, and found out, one gamma after another. Why the mean

@@ -150,11 +150,12 @@ def test_the_loops_never_wait_for_the_whole_queue_and_read_each_result_once(monk
     # ends: the prompt's copy in, the tokens' copy out), with stop ids too: the loops read every
     # token (plain decoding) or block (speculative decoding) through an event recorded right
     # after it (fast_decode.ReadLater), which waits for that step only, not for the next one
-    # launched behind it.
+    # launched behind it -- and the speculative loop launches its second block before it reads
+    # its first.
     import fast_decode
-    reads = []
+    events = []
     tolist = fast_decode.ReadLater.tolist
-    monkeypatch.setattr(fast_decode.ReadLater, "tolist", lambda self: reads.append(1) or tolist(self))
+    monkeypatch.setattr(fast_decode.ReadLater, "tolist", lambda self: events.append("read") or tolist(self))
     target, draft = pair()
     plain = Decoder(target, 1, SLOTS, graphs=True)
     speculative = SpeculativeDecoder(target, draft, SLOTS, graphs=True)
@@ -162,18 +163,22 @@ def test_the_loops_never_wait_for_the_whole_queue_and_read_each_result_once(monk
     for n_new in (6, 30):                                          # record every graph first
         plain.generate([prompt], n_new, 1.0, stop_ids=stop)
         speculative.generate(prompt, n_new, 3, 1.0, stop_ids=stop)
+    run = speculative.steps.run                                    # a block's key starts with its gamma
+    speculative.steps.run = lambda key, step: (events.append("block") if isinstance(key[0], int) else None) or \
+        run(key, step)
     waits, blocks, n_reads = {}, {}, {}
     for n_new in (6, 30):
-        reads.clear()
+        events.clear()
         waits["plain", n_new] = count_host_syncs(lambda: plain.generate([prompt], n_new, 1.0, stop_ids=stop))
-        n_reads["plain", n_new] = len(reads)
-        reads.clear()
+        n_reads["plain", n_new] = events.count("read")
+        events.clear()
         waits[n_new] = count_host_syncs(lambda: blocks.__setitem__(
             n_new, len(speculative.generate(prompt, n_new, 3, 1.0, stop_ids=stop)[1]["accepted_per_block"])))
-        n_reads[n_new] = len(reads)
+        n_reads[n_new] = events.count("read")
     assert waits["plain", 6] == waits["plain", 30] <= 4 and waits[6] == waits[30] <= 4
     assert n_reads["plain", 6] == 6 - 1 and n_reads["plain", 30] == 30 - 1    # the last token is never asked
     assert n_reads[6] == blocks[6] and n_reads[30] == blocks[30]
+    assert events[:3] == ["block", "block", "read"]               # of the 30-token call
 
 
 def test_compiled_blocks_train_as_eager_ones_do():

@@ -1243,7 +1243,7 @@ def test_auto_gamma_chooses_while_the_step_before_runs(monkeypatch, run_ahead):
     scheduled_gammas(monkeypatch, [2, 0, 0, 1, 0, 2])
     events, choose, run = [], speculative_module.choose_gamma, decoder.steps.run
 
-    class Launched:                          # a step's result, as the host reads it
+    class Result:                            # a step's result, as the host reads it
         def __init__(self, result):
             self.result = result
 
@@ -1252,7 +1252,7 @@ def test_auto_gamma_chooses_while_the_step_before_runs(monkeypatch, run_ahead):
             return self.result.tolist()
     monkeypatch.setattr(speculative_module, "choose_gamma",
                         lambda alphas, costs, margin: events.append("choose") or choose(alphas, costs, margin))
-    decoder.steps.run = lambda key, step: events.append("run") or Launched(run(key, step))
+    decoder.steps.run = lambda key, step: events.append("run") or Result(run(key, step))
     stats = decoder.generate([3, 1, 4], 10, "auto", 1.0, generator=torch.Generator().manual_seed(0))[1]
     n = len(stats["blocks"])
     assert stats["drafted_per_block"][:6] == [2, 0, 0, 1, 0, 2]                 # plain steps and blocks
@@ -1281,14 +1281,14 @@ def test_the_loop_times_an_iteration_from_its_launch_or_the_read_before(monkeypa
     scheduled_gammas(monkeypatch, [2, 0, 0, 1, 0, 2])
     run = decoder.steps.run
 
-    class Launched:                          # the host waits 1 for each result
+    class Result:                            # the host waits 1 for each result
         def __init__(self, result):
             self.result = result
 
         def tolist(self):
             clock[0] += 1.0
             return self.result.tolist()
-    decoder.steps.run = lambda key, step: Launched(run(key, step))
+    decoder.steps.run = lambda key, step: Result(run(key, step))
     stats = decoder.generate([3, 1, 4], 10, "auto", 1.0, generator=torch.Generator().manual_seed(0))[1]
     assert len(windows) == len(stats["blocks"]) - 1         # all but the first: it pays for the prompt
     assert windows == [1.0] * len(windows)
