@@ -637,24 +637,23 @@ class SpeculativeDecoder:
                 else:                                             # nothing to launch before the read
                     launched = None
                 if unread is not None:                            # read the iteration before
-                    block_gamma, result, launched_at, timed = unread
-                    read = result.tolist()                        # the one wait for the GPU per iteration
-                    if block_gamma == 0:
+                    read = unread.result.tolist()                 # the one wait for the GPU per iteration
+                    if unread.gamma == 0:
                         n_accepted, drafted, window = 0, [], read
                     else:
                         n_accepted, *read = read
-                        window, drafted = read[: block_gamma + 1], read[block_gamma + 1:]
+                        window, drafted = read[: unread.gamma + 1], read[unread.gamma + 1:]
                         draft_end = n_tokens + n_accepted         # all but the newest two, after it
-                        counts.add(n_accepted, block_gamma)
+                        counts.add(n_accepted, unread.gamma)
                     new_tokens += cut_at_stop(window[: n_accepted + 1], stop_ids)
                     blocks.append((drafted, n_accepted, window[n_accepted]))
                     n_tokens += n_accepted + 1
                     now = time.perf_counter()
-                    if auto and timed:        # from its launch, or from the read before if it was queued
-                        update_cost(self.costs[key], block_gamma, now - max(launched_at, last_read),
+                    if auto and unread.timed:  # from its launch, or from the read before if it was queued
+                        update_cost(self.costs[key], unread.gamma, now - max(unread.launched_at, last_read),
                                     self.cost_update)
                     last_read = now
-                    since_plain = since_plain + 1 if block_gamma else 0
+                    since_plain = since_plain + 1 if unread.gamma else 0
                     if new_tokens and new_tokens[-1] in stop_ids:
                         break                                     # (an iteration launched after it is lost)
                 unread = launched
@@ -827,8 +826,8 @@ def update_cost(costs: dict, gamma: int, seconds: float, weight: float) -> None:
     measure_costs times each step alone. The loop pays more, or less: more for its bookkeeping
     between blocks, the draft's catch-up after plain steps and a processor's caches that the other
     model has emptied; less on a GPU, where it hides the launch that a step timed alone with its
-    read pays (fast_decode.ReadLater) -- enough to turn a block that pays alone into one that
-    does not (BENCHMARKS.md sections 2 and 3 measure the gap). Why one factor
+    read pays (fast_decode.ReadLater). Either can turn a block that pays alone into one that does
+    not, or back (BENCHMARKS.md sections 2 and 3 measure the gap). Why one factor
     for every gamma: the loop's extra is much the same share of any block, and a factor per gamma
     would be corrected only when its gamma runs -- a gamma that looks cheap because its own factor
     has never been measured gets chosen, and found out, one gamma after another. Why the mean

@@ -174,16 +174,17 @@ def block_pieces(draft_name: str = "smollm2-draft-4l", shortlist: int | None = N
         speculative.measure_costs(prompt, temperature, max_gamma=GAMMA)     # records the rest for "auto"
         speculative.block_margin = math.inf
         speculative.generate(prompt, 8, "auto", temperature)
+        blocks = {}                                                          # n_new -> blocks of the last call
+
+        def run_speculative(n_new):
+            blocks[n_new] = len(speculative.generate(prompt, n_new, GAMMA, temperature, stop_ids=stop)[1]
+                                ["accepted_per_block"])
+
         for run_ahead in (1, 0):
             speculative.steps.run_ahead = plain_decoder.steps.run_ahead = run_ahead
             per_block, per_step, per_unasked_step, per_auto_step = [], [], [], []
-
-            def run_speculative(n_new):
-                stats = speculative.generate(prompt, n_new, GAMMA, temperature, stop_ids=stop)[1]
-                blocks[n_new] = len(stats["accepted_per_block"])
-
             for _ in range(5):                                               # the median of 5
-                seconds, blocks = {}, {}
+                seconds = {}
                 for n_new in (short, long):
                     seconds[n_new] = wall_time(lambda: run_speculative(n_new))
                     seconds["plain", n_new] = wall_time(lambda: plain_decoder.generate([prompt], n_new, temperature,
