@@ -132,7 +132,8 @@ def open_gguf(path: str):
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic != b"GGUF":
-        raise ValueError(f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF')")
+        raise ValueError(f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF'): pass a .gguf "
+                         "that llama.cpp's tools wrote, or download it again")
     try:
         return gguf.GGUFReader(path)
     except Exception as error:      # a truncated or damaged file raises many types (ValueError, IndexError, ...)

@@ -313,20 +313,20 @@ def write_world(world: dict, out_dir: str) -> None:
         write_atomically(os.path.join(out_dir, f"eval_{task}.jsonl"), _jsonl(records))
 
 
-def _read_text(path: str, what: str) -> str:
+def _read_text(path: str, what: str, expected: str) -> str:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} file not found: {path}; check the path "
                                 f"(or write a world with: python data.py --out DIR)")
     with open(path, encoding="utf-8") as f:
         text = f.read()
     if not text.strip():
-        raise ValueError(f"{what} file is empty: {path}")
+        raise ValueError(f"{what} file is empty: {path}; it should hold {expected}")
     return text
 
 
 def load_corpus(path: str) -> list[str]:
     """A plain-text corpus (yours or corpus.txt): documents separated by blank lines."""
-    text = _read_text(path, "corpus")
+    text = _read_text(path, "corpus", "documents separated by blank lines")
     return [doc.strip() for doc in re.split(r"\n\s*\n", text) if doc.strip()]
 
 
@@ -358,7 +358,7 @@ def _parse_record(line: str, required: tuple[str, ...]) -> dict:
 def _load_jsonl(path: str, required: tuple[str, ...], expected: str) -> list[dict]:
     """Shared by both JSONL loaders: blank lines skipped, errors name path:line."""
     records = []
-    for line_no, line in enumerate(_read_text(path, "JSONL").splitlines(), start=1):
+    for line_no, line in enumerate(_read_text(path, "JSONL", f"one {expected} per line").splitlines(), start=1):
         if not line.strip():
             continue
         try:

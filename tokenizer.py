@@ -297,7 +297,7 @@ def load_tokenizer(path: str) -> Tokenizer:
                                 "tokenizer.model, a .gguf, or one written by train_sentencepiece")
     with open(path, "rb") as f:
         head = f.read(4)
-    if head == b"GGUF":
+    if head == b"GGUF" or path.lower().endswith(".gguf"):    # a damaged .gguf: open_gguf says so
         reader = open_gguf(path)
         kind = gguf_value(reader, "tokenizer.ggml.model")
         if kind != "gpt2":

@@ -228,6 +228,15 @@ def test_unparseable_file(tmp_path, content, problem):
         load_tokenizer(str(path))
 
 
+@pytest.mark.parametrize("content", [b"", b"corrupt", b"\x0a\x05junk\xff\xfe not a model"])
+def test_a_damaged_gguf_is_named_as_one(tmp_path, content):
+    # The target's .gguf is also the default tokenizer: the message must be about the GGUF file.
+    path = tmp_path / "model.gguf"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"model\.gguf is not a GGUF file"):
+        load_tokenizer(str(path))
+
+
 def test_bad_tiktoken_files(tmp_path):
     all_bytes = [bytes([b]) for b in range(256)]
     bad_line = tmp_path / "line.model"
