@@ -541,13 +541,16 @@ class SpeculativeDecoder:
         timings (update_cost), and the acceptance per draft position counted so far (over this
         decoder's earlier calls and this one's blocks); a gamma of 0 is a plain step of the
         target alone, when no block is predicted to beat it by `block_margin`. After
-        `plain_check_every` blocks in a row it times one plain step anyway: a cost is corrected
-        only when its step runs, and a plain step's cost that stayed too high would let blocks run
-        on that lose to plain decoding, never to be found out. Only where that could happen: when
-        the chosen block is predicted to beat a plain step by less than `plain_check_margin`
-        (predicted_gain, priced with a plain step at no more than its cost timed alone), which a
-        plain cost timed alone too high by that factor would explain. Where blocks clearly pay,
-        the check would only cost: the plain step, and the draft's catch-up after it. A block that
+        `plain_check_every` blocks in a row it times one plain step anyway: in a run of blocks
+        the machine's speed follows the blocks' own timings, so a block dearer in the loop than
+        its price relative to a plain step says would pass for a slower machine, and blocks that
+        lose to plain decoding would run on, never to be found out (update_cost); a plain step
+        sets the speed that the blocks after it are measured against. Only where that could
+        happen: when the chosen block is predicted to beat a plain step by less than
+        `plain_check_margin` (predicted_gain, with a block priced at no less, relative to a plain
+        step, than timed alone), which a block priced too low by that factor would explain. Where
+        blocks clearly pay, the check would only cost: the plain step, and the draft's catch-up
+        after it. A block that
         must first catch the draft up (on the prompt, or after plain steps) runs only if what
         blocks are predicted to save over the tokens left pays for the catch-up (pays_for_catch_up).
         Each choice (auto_choice) is made while the GPU runs the iteration before it, right after
@@ -607,11 +610,11 @@ class SpeculativeDecoder:
                     # launched it without waiting), and the one that catches the draft up on it.
                     timed = n_launched > 0
                     if auto and chosen:
-                        # The check's margin does not trust a plain factor the loop raised above 1:
-                        # a plain step priced too high is what the check exists to find out.
-                        plain_factor = max(1.0, loop_cost(self.costs[key], 0) / self.costs[key]["plain"])
+                        # The check's margin does not trust a block factor the loop lowered below
+                        # 1: a block priced too low is what the check exists to find out.
+                        block_factor = self.costs[key].get("loop", {}).get("block", 1.0)
                         if (timed and 0 < self.plain_check_every <= since_plain
-                                and gain / plain_factor < self.plain_check_margin):
+                                and gain * min(1.0, block_factor) < self.plain_check_margin):
                             chosen = 0                            # the plain step's check (docstring)
                         elif behind > 0 and not pays_for_catch_up(gain, self.costs[key], behind,
                                                                   max_new_tokens - len(new_tokens) - ahead):
@@ -678,9 +681,9 @@ class SpeculativeDecoder:
         depend on how many of its tokens are accepted: the draft's and the target's passes are the
         same work either way. Kept for gamma="auto" (choose_gamma) under these sampling settings,
         and returned:
-        {"plain": seconds, "block": {gamma: seconds}}, with the loop's factors for plain steps and
-        blocks, 1 until the loop times them, the count of its timings ("loop", "timed":
-        update_cost), and "catch_up": the draft's prefill, {"fixed": seconds, "per_token": seconds},
+        {"plain": seconds, "block": {gamma: seconds}}, with the loop's factors, the machine's speed
+        and the blocks' own, 1 until the loop times them, and the count of its timings ("loop",
+        "timed": update_cost), and "catch_up": the draft's prefill, {"fixed": seconds, "per_token": seconds},
         the line through its times on the prompt and on its first half (catch_up_cost). Draws from
         a generator of its own."""
         check_sampling(temperature, top_k, top_p)
@@ -733,7 +736,7 @@ class SpeculativeDecoder:
         median = {key: sorted(seconds)[repeats // 2] for key, seconds in times.items()}
         plain = median[("plain", sampling)]
         blocks = {g: median[(g, sampling, draft_mode)] for g in range(1, max_gamma + 1)}
-        self.costs[(sampling, draft_mode)] = {"plain": plain, "block": blocks, "loop": {"plain": 1.0, "block": 1.0},
+        self.costs[(sampling, draft_mode)] = {"plain": plain, "block": blocks, "loop": {"speed": 1.0, "block": 1.0},
                                               "timed": {"plain": 0, "block": 0}, "catch_up": catch_up}
         self.blocks_since_plain[(sampling, draft_mode)] = 0
         return self.costs[(sampling, draft_mode)]
@@ -796,18 +799,20 @@ def pays_for_catch_up(gain: float, costs: dict, behind: int, tokens_left: int) -
 
 
 def catch_up_cost(costs: dict, behind: int) -> float:
-    """Seconds of the draft's prefill of `behind` tokens: fixed + per_token x behind, as
-    measure_costs measured them (costs["catch_up"]); 0 if not measured."""
+    """Seconds of the draft's prefill of `behind` tokens in the loop: fixed + per_token x behind,
+    as measure_costs measured them (costs["catch_up"]; 0 if not measured), at the machine's speed
+    in the loop now (update_cost), which moves it as it moves a plain step."""
     catch_up = costs.get("catch_up", {"fixed": 0.0, "per_token": 0.0})
-    return catch_up["fixed"] + catch_up["per_token"] * behind
+    return (catch_up["fixed"] + catch_up["per_token"] * behind) * costs.get("loop", {}).get("speed", 1.0)
 
 
 def loop_cost(costs: dict, gamma: int) -> float:
     """Seconds of a plain step (gamma 0) or of a block of gamma in the decode loop: its cost timed
-    alone times the loop's factor for its kind (costs["loop"], update_cost; 1 where the loop has
-    not timed that kind yet)."""
+    alone, times the machine's speed in the loop now, times, for a block, the blocks' own factor
+    (costs["loop"]: "speed" and "block", update_cost; 1 where the loop has timed nothing yet)."""
     alone, kind = alone_cost(costs, gamma)
-    return alone * costs.get("loop", {}).get(kind, 1.0)
+    loop = costs.get("loop", {})
+    return alone * loop.get("speed", 1.0) * (loop.get("block", 1.0) if kind == "block" else 1.0)
 
 
 def alone_cost(costs: dict, gamma: int) -> tuple[float, str]:
@@ -817,32 +822,44 @@ def alone_cost(costs: dict, gamma: int) -> tuple[float, str]:
 
 
 def update_cost(costs: dict, gamma: int, seconds: float, weight: float) -> None:
-    """Move the loop's factor for a plain step (gamma 0) or for a block (any gamma) toward what one
-    iteration of the decode loop just took, over that step's cost timed alone, in place:
+    """Move the loop's factors toward what one iteration of the decode loop just took, x =
+    seconds / its step's cost timed alone, in place:
 
-        f <- f + w (min(seconds / alone, 2 f) - f),   w = max(weight, 1 / (n + 1))
+        a block:          r <- r + w/4 (min(x / s, 2 r) - r),   then x <- x / r
+        every iteration:  s <- s + w (min(x, 2 s) - s),         w = max(weight, 1 / (n + 1))
 
-    with n the iterations of that kind timed so far, this one included (costs["timed"]).
-    measure_costs times each step alone. The loop pays more, or less: more for its bookkeeping
-    between blocks, the draft's catch-up after plain steps and a processor's caches that the other
-    model has emptied; less on a GPU, where it hides the launch that a step timed alone with its
-    read pays (fast_decode.ReadLater). Either can turn a block that pays alone into one that does
-    not, or back (BENCHMARKS.md sections 2 and 3 measure the gap). Why one factor
+    with n the iterations timed so far, this one included (costs["timed"] counts them per kind).
+    s is the machine's speed against measure_costs' time: a CPU's clocks and a neighbour's load
+    move it by tens of percent within one evaluation (BENCHMARKS.md section 3), for plain steps
+    and blocks alike. r is a block's price relative to a plain step's against measure_costs':
+    the loop pays what a step timed alone does not, its bookkeeping and the draft's catch-up after
+    plain steps, or less on a GPU, where it hides the launch that a step timed alone with its read
+    pays (fast_decode.ReadLater), in different shares for the two kinds. Only r decides between a
+    block and a plain step (predicted_gain: s cancels). Why not a factor per kind: moved only
+    when its kind runs, it lets a machine that slows during plain steps price them up and leave
+    blocks at their old price, and blocks that lose to plain decoding run until their own factor
+    catches up. Why r moves slowly, against s as the iterations before left it: within a run of
+    blocks s follows the blocks too (generate's plain check sets it from a plain step). Why one r
     for every gamma: the loop's extra is much the same share of any block, and a factor per gamma
     would be corrected only when its gamma runs -- a gamma that looks cheap because its own factor
     has never been measured gets chosen, and found out, one gamma after another. Why the mean
     first: the measurement and every timing since count alike (w = 1/2, 1/3, ...) until the
-    running average over the last 1 / weight iterations takes over, so a few iterations correct
-    a measurement that is off. An observation counts for at most twice the factor, so that one
-    pause of the machine (a garbage collection, another process) cannot price a kind out for
-    long. weight 0 keeps the costs."""
+    running average over the last 1 / weight iterations takes over, so a few iterations correct a
+    measurement that is off. An observation counts for at most twice the factor, so that one pause
+    of the machine (a garbage collection, another process) cannot price a kind out for long.
+    weight 0 keeps the costs."""
     if weight == 0:
         return
     alone, kind = alone_cost(costs, gamma)
-    loop = costs.setdefault("loop", {"plain": 1.0, "block": 1.0})
+    loop = costs.setdefault("loop", {"speed": 1.0, "block": 1.0})
     timed = costs.setdefault("timed", {"plain": 0, "block": 0})
     timed[kind] += 1
-    loop[kind] += max(weight, 1 / (timed[kind] + 1)) * (min(seconds / alone, 2 * loop[kind]) - loop[kind])
+    w = max(weight, 1 / (sum(timed.values()) + 1))
+    x = seconds / alone
+    if kind == "block":
+        loop["block"] += w / 4 * (min(x / loop["speed"], 2 * loop["block"]) - loop["block"])
+        x /= loop["block"]
+    loop["speed"] += w * (min(x, 2 * loop["speed"]) - loop["speed"])
 
 
 class AcceptanceCounts:

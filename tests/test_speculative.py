@@ -1080,13 +1080,16 @@ def test_choose_gamma_on_synthetic_costs():
     # alpha 0.2: 1.2/1.3 = 0.92 < 1 plain token per unit: plain decoding
     assert choose_gamma([0.2] * 4, costs) == 0
     assert choose_gamma([0.9] * 4, {"plain": 1.0, "block": {1: 3.0, 2: 3.5}}) == 0   # a draft too slow
-    # In a loop where blocks cost 1.5 times their time alone: at alpha 0.6 the best, 1.96 / 2.25 = 0.87, loses
-    assert choose_gamma([0.6] * 4, {**costs, "loop": {"plain": 1.0, "block": 1.5}}) == 0
-    assert choose_gamma([0.6] * 4, {**costs, "loop": {"plain": 1.5, "block": 1.5}}) == 2   # one factor for both
+    # In a loop where blocks cost 1.5 times their time alone, relative to a plain step: at alpha
+    # 0.6 the best, 1.96 / 2.25 = 0.87, loses
+    assert choose_gamma([0.6] * 4, {**costs, "loop": {"speed": 1.0, "block": 1.5}}) == 0
+    assert choose_gamma([0.6] * 4, {**costs, "loop": {"speed": 1.5, "block": 1.0}}) == 2   # a slower machine
     # Its margin over plain decoding: 1.31 plain steps' tokens per unit of time at gamma 2 (above);
-    # with the loop's plain step at 1.5 and blocks at 1.2 their time alone, 1.31 * 1.5 / 1.2 = 1.63
+    # with blocks at 1/1.25 of their time alone relative to a plain step, 1.31 * 1.25 = 1.63,
+    # whatever the machine's speed
     assert predicted_gain([0.6] * 4, costs, 2) == pytest.approx(1.96 / 1.5)
-    assert predicted_gain([0.6] * 4, {**costs, "loop": {"plain": 1.5, "block": 1.2}}, 2) == pytest.approx(1.96 / 1.2)
+    for speed in (0.5, 1.0, 1.5):
+        assert predicted_gain([0.6] * 4, {**costs, "loop": {"speed": speed, "block": 0.8}}, 2) == pytest.approx(1.96 / 1.2)
     tie = {"plain": 1.0, "block": {1: 0.75, 2: 0.875}}              # 1.5 / 0.75 = 1.75 / 0.875
     assert choose_gamma([0.5, 0.5], tie) == 1                         # of gammas alike, the smaller
     # A margin: the best block must beat plain decoding by more than it (gamma 2's 1.307 above)
@@ -1111,26 +1114,51 @@ def test_auto_gamma_runs_a_block_only_where_it_beats_plain_by_the_margin(monkeyp
 
 
 def test_update_cost_by_hand():
-    costs = {"plain": 1.0, "block": {1: 2.0, 2: 4.0}, "loop": {"plain": 1.0, "block": 1.0},
+    costs = {"plain": 1.0, "block": {1: 2.0, 2: 4.0}, "loop": {"speed": 1.0, "block": 1.0},
              "timed": {"plain": 0, "block": 0}}
-    update_cost(costs, 1, 3.0, 0.25)        # the first block timed: the mean of 1 and 3 / 2, f = 1.25
-    update_cost(costs, 2, 7.0, 0.25)        # the second, of another gamma: 1.25 + (7 / 4 - 1.25) / 3 = 1.4166
-    update_cost(costs, 0, 0.6, 0.25)        # plain steps have a factor of their own: 1 + (0.6 - 1) / 2 = 0.8
-    assert costs["loop"] == pytest.approx({"plain": 0.8, "block": 1.25 + 0.5 / 3})
-    assert costs["timed"] == {"plain": 1, "block": 2}
+    update_cost(costs, 1, 3.0, 0.25)       # the first timing (w = 1/2): a block at x = 3 / 2 = 1.5
+    r = 1 + 0.5 / 4 * (1.5 / 1 - 1)         # its own factor, a quarter as fast, against the speed 1
+    speed = 1 + 0.5 * (1.5 / r - 1)         # the speed: the mean of 1 and what is left of x
+    assert costs["loop"] == pytest.approx({"speed": speed, "block": r})
+    update_cost(costs, 0, 0.6, 0.25)       # the second (w = 1/3), a plain step: the speed alone
+    speed += (0.6 - speed) / 3
+    assert costs["loop"] == pytest.approx({"speed": speed, "block": r})
+    assert costs["timed"] == {"plain": 1, "block": 1}
     assert costs["plain"] == 1.0 and costs["block"] == {1: 2.0, 2: 4.0}            # the costs timed alone stay
-    assert [loop_cost(costs, g) for g in (0, 1, 2)] == pytest.approx([0.8, 2 * (1.25 + 0.5 / 3), 4 * (1.25 + 0.5 / 3)])
-    factor = costs["loop"]["block"]
-    update_cost(costs, 1, 100.0, 0.25)      # a pause counts as twice the factor: the third timing, w = 1/4
-    assert costs["loop"]["block"] == pytest.approx(factor + (2 * factor - factor) / 4)
-    for _ in range(10):                     # past 1 / weight timings the weight stays 1/4: a running average
-        update_cost(costs, 2, 4.0, 0.25)
-    assert costs["loop"]["block"] == pytest.approx(1 + (1.25 * factor - 1) * 0.75 ** 10)   # ratio 1, 10 times
-    update_cost(costs, 1, 50.0, 0)          # weight 0 keeps the costs
-    assert costs["timed"]["block"] == 13
-    update_cost(bare := {"plain": 1.0, "block": {1: 2.0}}, 1, 3.0, 0.25)    # costs written by hand: factors of 1
-    assert bare["loop"] == {"plain": 1.0, "block": 1.25} and bare["timed"] == {"plain": 0, "block": 1}
+    assert [loop_cost(costs, g) for g in (0, 1, 2)] == pytest.approx([speed, 2 * speed * r, 4 * speed * r])
+    update_cost(costs, 2, 400.0, 0.25)     # a pause (w = 1/4) counts as twice each factor
+    r, speed = r * (1 + 1 / 16), speed * (1 + 1 / 4)
+    assert costs["loop"] == pytest.approx({"speed": speed, "block": r})
+    for _ in range(20):                    # past 1 / weight timings the weight stays 1/4: a running average
+        update_cost(costs, 0, 1.0, 0.25)
+    assert costs["loop"] == pytest.approx({"speed": 1 + (speed - 1) * 0.75 ** 20, "block": r})  # r: no block ran
+    update_cost(costs, 1, 50.0, 0)         # weight 0 keeps the costs
+    assert costs["timed"] == {"plain": 21, "block": 2}
+    update_cost(bare := {"plain": 1.0, "block": {1: 2.0}}, 0, 1.5, 0.25)    # costs written by hand: factors of 1
+    assert bare["loop"] == {"speed": 1.25, "block": 1.0} and bare["timed"] == {"plain": 1, "block": 0}
     assert loop_cost({"plain": 1.0, "block": {1: 2.0}}, 1) == 2.0
+
+
+def test_a_drift_of_the_machines_speed_prices_blocks_and_plain_steps_alike():
+    """A machine that slows by 30% while auto decodes plainly (a CPU's clocks, a neighbour's
+    load) makes its blocks dearer too: the block that lost to a plain step at the measured costs
+    still loses, though only plain steps were timed. The blocks' own factor moves only where
+    blocks and plain steps are timed side by side: blocks 20% dearer than timed alone, relative
+    to the plain steps around them, come to be priced so."""
+    costs = {"plain": 1.0, "block": {1: 1.5}, "loop": {"speed": 1.0, "block": 1.0},
+             "timed": {"plain": 0, "block": 0}}
+    alphas = [0.45]                                              # E(1) = 1.45 for 1.5 plain steps: 0.97
+    assert choose_gamma(alphas, costs, margin=1.05) == 0
+    for _ in range(30):
+        update_cost(costs, 0, 1.3, 1 / 8)                        # plain steps at 1.3 their time alone
+    assert costs["loop"]["speed"] == pytest.approx(1.3, abs=0.01)
+    assert predicted_gain(alphas, costs, 1) == pytest.approx(1.45 / 1.5)
+    assert choose_gamma(alphas, costs, margin=1.05) == 0
+    for _ in range(200):                                         # side by side: x = 1.3 and 1.2 x 1.3
+        update_cost(costs, 0, 1.3, 1 / 8)
+        update_cost(costs, 1, 1.5 * 1.2 * 1.3, 1 / 8)
+    assert costs["loop"]["block"] == pytest.approx(1.2, abs=0.02)
+    assert costs["loop"]["speed"] == pytest.approx(1.3, abs=0.02)
 
 
 def test_auto_gamma_learns_the_loops_costs():
@@ -1146,11 +1174,13 @@ def test_auto_gamma_learns_the_loops_costs():
     assert set(stats["drafted_per_block"]) == {2}                # gamma 2: more tokens for the same cost
     n = len(stats["blocks"])
     assert costs["timed"] == {"plain": 0, "block": n - 1}        # every block but the first was timed
-    assert costs["loop"]["plain"] == 1.0                         # no plain step run: its factor unmoved
-    # The k-th timing moves the factor max(1/8, 1/(k + 1)) of the way to about 1/1000, not 0.
+    # The k-th timing moves the speed max(1/8, 1/(k + 1)) of the way to about 1/1000 over the
+    # blocks' own factor, which falls too, more slowly: a block's price falls at least as fast.
     left = math.prod(1 - max(1 / 8, 1 / (k + 1)) for k in range(1, n))
-    assert left <= costs["loop"]["block"] < left + 0.05
-    assert loop_cost(costs, 1) == loop_cost(costs, 2) == costs["loop"]["block"]   # gamma 1 moved with gamma 2
+    assert costs["loop"]["block"] < 1
+    assert costs["loop"]["speed"] * costs["loop"]["block"] < left + 0.05
+    assert loop_cost(costs, 1) == loop_cost(costs, 2) == pytest.approx(costs["loop"]["speed"] * costs["loop"]["block"])
+    assert loop_cost(costs, 0) == pytest.approx(10 * costs["loop"]["speed"])   # plain steps: the machine's speed
 
 
 def test_auto_gamma_leaves_what_a_call_pays_for_its_prompt_out_of_its_costs(monkeypatch):
@@ -1364,9 +1394,10 @@ def scheduled_gammas(monkeypatch, schedule: list[int]):
 
 
 def test_auto_gamma_times_a_plain_step_after_a_run_of_blocks(monkeypatch):
-    """A plain step's cost is corrected only when one runs: after plain_check_every blocks in a
-    row, auto runs one whatever choose_gamma says -- counting across calls, never as a call's
-    first (untimed) iteration -- and its timing corrects the plain cost."""
+    """In a run of blocks the machine's speed follows the blocks' timings, so a block priced too
+    low relative to a plain step would pass for a slower machine: after plain_check_every blocks
+    in a row, auto runs a plain step whatever choose_gamma says -- counting across calls, never
+    as a call's first (untimed) iteration -- and times it (update_cost)."""
     target = random_model(0, vocab_size=32)
     prompt = [3, 1, 4]
     # The draft is the target at T = 0: every block accepts both its tokens, 3 tokens a block.
@@ -1383,17 +1414,18 @@ def test_auto_gamma_times_a_plain_step_after_a_run_of_blocks(monkeypatch):
     key = ((0.0, None, None), "sample")
     decoder.generate(prompt, 12, 2, 0.0)                           # a fixed gamma: blocks the check does not count
     assert decoder.blocks_since_plain[key] == 3
+    speed = costs["loop"]["speed"]
     assert decoder.generate(prompt, 12, "auto", 0.0)[1]["drafted_per_block"] == [2, 0, 2, 2, 2]
-    assert costs["loop"]["plain"] < 1 / 3 + 0.01                   # the mean of 1 and two factors of about 0
+    assert costs["timed"]["plain"] == 3 and costs["loop"]["speed"] != speed
     decoder.plain_check_every = 0                                  # 0: never
     assert 0 not in decoder.generate(prompt, 12, "auto", 0.0)[1]["drafted_per_block"]
 
 
 def test_the_plain_check_runs_only_where_plain_decoding_could_win(monkeypatch):
     """The check is paid for only when the chosen block is predicted to beat a plain step by less
-    than plain_check_margin, which a plain cost timed too high by that factor would explain --
-    priced with the plain step at no more than its cost timed alone, since a plain factor that
-    the loop raised is what the check exists to correct."""
+    than plain_check_margin, which a block priced too low by that factor would explain -- priced
+    at no less, relative to a plain step, than timed alone, since a block factor that the loop
+    lowered is what the check exists to correct. The machine's speed does not enter it."""
     target = random_model(0, vocab_size=32)
     prompt = [3, 1, 4]
     decoder = SpeculativeDecoder(target, copy.deepcopy(target), decoder_slots(target, target, [prompt], 12, 2))
@@ -1405,9 +1437,11 @@ def test_the_plain_check_runs_only_where_plain_decoding_could_win(monkeypatch):
     assert decoder.generate(prompt, 12, "auto", 0.0)[1]["drafted_per_block"] == [2, 2, 2, 2]   # at the margin: none
     gain = 1.24                                  # below it: due at once, then after every 2 blocks
     assert decoder.generate(prompt, 12, "auto", 0.0)[1]["drafted_per_block"] == [2, 0, 2, 2, 0, 2]
-    gain, costs["loop"] = 1.5, {"plain": 1.25, "block": 1.0}       # 1.5 / 1.25 = 1.2: below it again
+    gain, costs["loop"] = 1.5, {"speed": 1.0, "block": 0.8}        # 1.5 x 0.8 = 1.2: below it again
     assert 0 in decoder.generate(prompt, 12, "auto", 0.0)[1]["drafted_per_block"]
-    gain, costs["loop"] = 1.2, {"plain": 0.8, "block": 1.0}        # a factor below 1 stays in the gain: 1.2
+    gain, costs["loop"] = 1.3, {"speed": 3.0, "block": 1.0}        # the speed is no part of it: 1.3
+    assert 0 not in decoder.generate(prompt, 12, "auto", 0.0)[1]["drafted_per_block"]
+    gain, costs["loop"] = 1.2, {"speed": 1.0, "block": 1.25}       # a factor above 1 stays in the gain: 1.2
     assert 0 in decoder.generate(prompt, 12, "auto", 0.0)[1]["drafted_per_block"]
 
 
@@ -1513,8 +1547,12 @@ def test_pays_for_catch_up_by_hand():
     assert catch_up_cost(with_fixed, 30) == pytest.approx(3.5)
     assert not pays_for_catch_up(1.5, with_fixed, behind=30, tokens_left=10)
     assert pays_for_catch_up(1.5, {"plain": 1.0, "block": {1: 1.0}}, behind=10**6, tokens_left=1)  # unmeasured: free
-    # In the loop's prices: plain steps at twice their time alone save twice as much per token
-    assert pays_for_catch_up(1.5, {**costs, "loop": {"plain": 2.0, "block": 2.0}}, behind=60, tokens_left=10)
+    # In the loop's prices: a machine twice as slow makes the plain steps saved and the catch-up
+    # twice as dear alike
+    slower = {**costs, "loop": {"speed": 2.0, "block": 1.0}}
+    assert catch_up_cost(slower, 30) == pytest.approx(6.0)
+    assert pays_for_catch_up(1.5, slower, behind=30, tokens_left=10)
+    assert not pays_for_catch_up(1.5, slower, behind=34, tokens_left=10)
 
 
 @pytest.mark.parametrize("prompt_length, blocks", [(8, True), (9, False)])
