@@ -22,7 +22,8 @@ Read it top to bottom, in the order of the algorithm:
   one block           `SpeculativeDecoder.block`: gamma draft tokens, one target pass, the rule;
   the loop            `SpeculativeDecoder.generate`, and `measure_costs` for gamma "auto";
   choosing gamma      `expected_tokens`, `choose_gamma`, `predicted_gain`, `pays_for_catch_up`,
-                      `catch_up_cost`, `loop_cost`, `update_cost`, `AcceptanceCounts` (PAPER.md 5.5);
+                      `expected_tokens_left`, `catch_up_cost`, `loop_cost`, `update_cost`,
+                      `AcceptanceCounts` (PAPER.md 5.5);
   metrics and timing  `block_stats` (what a call counted); `warm_up` and `timed_plain_run`, the
                       one timer of plain decoding that evaluate.py, bench.py and
                       `python speculative.py --bench` share.
@@ -449,6 +450,9 @@ class SpeculativeDecoder:
         self.plain_check_margin = 1.25   # ... unless the block is predicted to beat plain by this factor or more
         self.blocks_since_plain = {}  # (sampling, draft_mode) -> blocks run since the last plain step
         self.acceptance = {}   # (sampling, draft_mode) -> AcceptanceCounts over the calls so far
+        # (sampling, draft_mode) -> the lengths of the answers of the calls so far, math.inf where
+        # no stop token came (expected_tokens_left)
+        self.answer_lengths = {}
 
     def block(self, gamma: int, sampling: tuple, generator, draft_mode: str = "sample") -> torch.Tensor:
         """One block: the draft proposes gamma tokens, the target scores them in one pass, and
@@ -584,6 +588,7 @@ class SpeculativeDecoder:
             raise ValueError(f"a prompt of {P} tokens, {max_new_tokens} new ones and gamma {max_gamma} do not fit "
                              f"the decoder's {self.tokens.shape[1]} slots")
         counts = self.acceptance.setdefault(key, AcceptanceCounts())
+        lengths = self.answer_lengths.setdefault(key, [])
         since_plain = self.blocks_since_plain.get(key, 0)      # blocks in a row, for the plain check
         synchronize(self.target.device)
         started = time.perf_counter()
@@ -616,8 +621,8 @@ class SpeculativeDecoder:
                         if (timed and 0 < self.plain_check_every <= since_plain
                                 and gain * min(1.0, block_factor) < self.plain_check_margin):
                             chosen = 0                            # the plain step's check (docstring)
-                        elif behind > 0 and not pays_for_catch_up(gain, self.costs[key], behind,
-                                                                  max_new_tokens - len(new_tokens) - ahead):
+                        elif behind > 0 and not pays_for_catch_up(gain, self.costs[key], behind, expected_tokens_left(
+                                lengths, len(new_tokens) + ahead, max_new_tokens)):
                             chosen = 0                            # blocks would not earn the catch-up back
                     block_gamma = min(chosen, context - n_tokens - ahead)   # = chosen but at a context's end
                     if block_gamma == 0:                          # a plain step; the draft falls behind
@@ -665,6 +670,7 @@ class SpeculativeDecoder:
         if auto:                                     # what fixed gammas run leaves the check alone
             self.blocks_since_plain[key] = since_plain
         new_tokens = new_tokens[:max_new_tokens]
+        lengths.append(len(new_tokens) if new_tokens and new_tokens[-1] in stop_ids else math.inf)
         stats = block_stats([n for _, n, _ in blocks], [len(drafted) for drafted, _, _ in blocks],
                             len(new_tokens), seconds)
         return torch.tensor(new_tokens, dtype=torch.long), {**stats, "blocks": blocks}
@@ -793,9 +799,21 @@ def pays_for_catch_up(gain: float, costs: dict, behind: int, tokens_left: int) -
     Plain decoding makes the tokens left in tokens_left c_plain seconds, blocks in 1 / gain of
     that; c_catch_up(behind) is catch_up_cost. Why it matters: on a CPU the draft's prefill of a
     long prompt costs more than blocks of a small gain save over a short answer (BENCHMARKS.md
-    section 3). tokens_left counts to max_new_tokens: an answer that stops sooner saves less,
-    so the rule leans toward blocks."""
+    section 3): tokens_left is what the answers so far say is left (expected_tokens_left), not
+    what max_new_tokens allows."""
     return tokens_left * loop_cost(costs, 0) * (1 - 1 / gain) > catch_up_cost(costs, behind)
+
+
+def expected_tokens_left(lengths: list[float], made: int, max_new_tokens: int) -> float:
+    """The tokens still to come in a call that has made `made` of at most max_new_tokens, as the
+    earlier calls' answers (their lengths, math.inf where no stop token came) say: the mean of
+    min(L, max_new_tokens) - made over the answers L longer than `made` -- an answer that went on
+    past `made` before is the evidence of how far this one goes on -- and max_new_tokens - made
+    where none did (no call yet, or a longer answer than any before). Why not max_new_tokens -
+    made alone: short answers (a summary at T=1 stops after a score of tokens, of the 64 allowed)
+    leave a catch-up on the prompt that blocks of a small gain cannot earn back."""
+    longer = [min(length, max_new_tokens) - made for length in lengths if length > made]
+    return sum(longer) / len(longer) if longer else max_new_tokens - made
 
 
 def catch_up_cost(costs: dict, behind: int) -> float:

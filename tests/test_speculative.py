@@ -37,9 +37,9 @@ from evaluate import (ci_gaps, evaluate_pair, mean_ci95, memory_bound_speedup, p
                       separation_lines)
 import speculative as speculative_module
 from speculative import (AcceptanceCounts, Decoder, SpeculativeDecoder, block_stats, catch_up_cost, choose_gamma,
-                         decoder_slots, draw, expected_tokens, exponentials, loop_cost, pays_for_catch_up,
-                         predicted_gain, race, sample_probs, sample_token, update_cost, verify, verify_argmax,
-                         verify_draws, verify_greedy)
+                         decoder_slots, draw, expected_tokens, expected_tokens_left, exponentials, loop_cost,
+                         pays_for_catch_up, predicted_gain, race, sample_probs, sample_token, update_cost, verify,
+                         verify_argmax, verify_draws, verify_greedy)
 
 SIGNIFICANCE = 0.001   # chi-square tests: a correct implementation fails 1 time in 1000 seeds
 
@@ -897,6 +897,8 @@ def test_evaluate_pair_warms_up_without_moving_the_costs(monkeypatch):
     warm_up = weights.index(decoder.cost_update)                  # the first timing of a timed run
     assert warm_up > 0 and set(weights[:warm_up]) == {0} and set(weights[warm_up:]) == {1 / 8}
     assert decoder.cost_update == 1 / 8
+    # Nor do its answers (of a block or two) count among the answers so far: only the timed runs'
+    assert len(decoder.answer_lengths[((0.0, None, None), "sample")]) == 2 * len(prompts)
 
 
 def test_evaluate_pair_times_plain_and_speculative_decoding_prompt_by_prompt(monkeypatch):
@@ -1553,6 +1555,42 @@ def test_pays_for_catch_up_by_hand():
     assert catch_up_cost(slower, 30) == pytest.approx(6.0)
     assert pays_for_catch_up(1.5, slower, behind=30, tokens_left=10)
     assert not pays_for_catch_up(1.5, slower, behind=34, tokens_left=10)
+
+
+def test_expected_tokens_left_by_hand():
+    assert expected_tokens_left([], 0, 64) == 64                          # no call yet: max_new_tokens
+    assert expected_tokens_left([10, 20, math.inf], 0, 64) == (10 + 20 + 64) / 3
+    assert expected_tokens_left([10, 20, math.inf], 15, 64) == (5 + 49) / 2   # the answers past 15 tokens
+    assert expected_tokens_left([10, 20], 25, 64) == 39                   # longer than any: max_new_tokens
+    assert expected_tokens_left([100], 0, 64) == 64                       # capped by this call's max_new_tokens
+
+
+def test_auto_gamma_prices_the_catch_up_against_the_answers_so_far():
+    """Blocks that earn the draft's catch-up on the prompt back over the 12 tokens a call allows
+    do not over the 3 that the answers before stopped after: the next call decodes plainly, and
+    its draft never runs. An answer cut by max_new_tokens says nothing of where it would stop."""
+    target = random_model(0, vocab_size=32)
+    draft = copy.deepcopy(target)
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6]
+    decoder = SpeculativeDecoder(target, draft, decoder_slots(target, draft, [prompt], 12, 2))
+    decoder.cost_update = 0
+    # As in the test below: a gain of 1.54 saves 4.22 plain steps over 12 tokens, 1.05 over 3,
+    # against a catch-up of 3.9.
+    decoder.costs[((0.0, None, None), "sample")] = {"plain": 1.0, "block": {1: 1.2, 2: 1.5},
+                                                    "catch_up": {"fixed": 0.0, "per_token": 0.65}}
+    stop = {plain_decode(target, prompt, 12, temperature=0)[2].item()}
+    key = ((0.0, None, None), "sample")
+    decoder.generate(prompt, 12, 2, temperature=0)                       # no stop token: math.inf
+    assert decoder.answer_lengths[key] == [math.inf]
+    assert decoder.generate(prompt, 12, "auto", temperature=0, stop_ids=stop)[1]["drafted_per_block"][0] == 2
+    assert decoder.answer_lengths[key][-1] <= 3                           # it stopped at the stop token
+    draft_passes = []
+    draft.register_forward_pre_hook(lambda module, args: draft_passes.append(args[0].shape[1]))
+    decoder.answer_lengths[key] = [3]
+    tokens, stats = decoder.generate(prompt, 12, "auto", temperature=0, stop_ids=stop)
+    assert set(stats["drafted_per_block"]) == {0} and draft_passes == []
+    decoder.answer_lengths[key] = [math.inf]                              # cut by max_new_tokens: 12 left
+    assert decoder.generate(prompt, 12, "auto", temperature=0, stop_ids=stop)[1]["drafted_per_block"][0] == 2
 
 
 @pytest.mark.parametrize("prompt_length, blocks", [(8, True), (9, False)])
