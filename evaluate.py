@@ -141,8 +141,7 @@ def evaluate_pair(target: Llama, draft: Llama, prompts: list[list[int]], gammas:
                 n_new = (gamma if gamma != "auto" else max_gamma) + 1                  # a block or more
                 warm_up(lambda prompt: speculative.generate(prompt, n_new, gamma, *sampling, draft_mode=mode), prompts)
         speculative.cost_update = cost_update
-    speculative.acceptance.clear()       # "so far" starts with this task's first timed block,
-    speculative.answer_lengths.clear()   # and with its first timed answer
+    speculative.forget_calls()           # "so far" starts with this task's first timed call
     plain_tokens, plain_seconds = 0, 0.0
     runs = {(gamma, mode): [] for mode in measured_modes for gamma in gammas}   # -> [(new tokens, stats)] per prompt
     for i, prompt in enumerate(prompts):

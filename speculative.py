@@ -522,6 +522,13 @@ class SpeculativeDecoder:
         self.length += n_accepted + 1
         return torch.cat([n_accepted.view(1), self.tokens[0].index_select(0, first + offsets), draft_tokens])
 
+    def forget_calls(self) -> None:
+        """Forget what the calls so far taught gamma "auto" (the acceptance counted, the answers'
+        lengths), so that the next call is the first it counts: a warm-up's few tokens are no
+        evidence of either."""
+        self.acceptance.clear()
+        self.answer_lengths.clear()
+
     def start(self, prompt: list[int], pad_id: int = 0) -> None:
         """Write the prompt into slots 1..P and the target's cache, up to all but the newest
         token. Not the draft's: generate catches the draft up before its first block, as after
@@ -1088,7 +1095,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.bench:   # untimed: compilation, graph recording and per-shape set-up happen here
         warm_up(lambda p: decoder.generate(p, min(args.max_new_tokens, args.max_gamma + 1), gamma, *sampling,
                                            draft_mode=args.draft_mode), [prompt])
-        decoder.acceptance.clear()     # the warm-up's blocks are not "measured so far" for this run
+        decoder.forget_calls()         # the warm-up's blocks and answer are not "so far" for this run
     generator = torch.Generator(args.device).manual_seed(args.seed)
     tokens, stats = decoder.generate(prompt, args.max_new_tokens, gamma, *sampling, tok.stop_ids, generator,
                                      tok.pad_id, args.draft_mode)
