@@ -561,10 +561,9 @@ class SpeculativeDecoder:
         `plain_check_margin` (predicted_gain, with a block priced at no less, relative to a plain
         step, than timed alone), which a block priced too low by that factor would explain. Where
         blocks clearly pay, the check would only cost: the plain step, and the draft's catch-up
-        after it. A block that
-        must first catch the draft up (on the prompt, or after plain steps) runs only if what
-        blocks are predicted to save over the tokens left pays for the catch-up (pays_for_catch_up).
-        Each choice (auto_choice) is made while the GPU runs the iteration before it, right after
+        after it. A block that must first catch the draft up (on the prompt, or after plain steps)
+        runs only if what blocks are predicted to save over the tokens the answers so far say are
+        left pays for the catch-up (pays_for_catch_up, expected_tokens_left). Each choice (auto_choice) is made while the GPU runs the iteration before it, right after
         its launch: made after the host's read of a result, it would leave the GPU idle while the
         host computes the gains, which plain decoding does not pay. So a choice sees the counts
         and costs without the iterations not read yet: one late, or two on a GPU, where the
@@ -817,7 +816,7 @@ def expected_tokens_left(lengths: list[float], made: int, max_new_tokens: int) -
     min(L, max_new_tokens) - made over the answers L longer than `made` -- an answer that went on
     past `made` before is the evidence of how far this one goes on -- and max_new_tokens - made
     where none did (no call yet, or a longer answer than any before). Why not max_new_tokens -
-    made alone: short answers (a summary at T=1 stops after a score of tokens, of the 64 allowed)
+    made alone: short answers (a summary at T=1 stops after 10-40 tokens of the 64 allowed)
     leave a catch-up on the prompt that blocks of a small gain cannot earn back."""
     longer = [min(length, max_new_tokens) - made for length in lengths if length > made]
     return sum(longer) / len(longer) if longer else max_new_tokens - made
