@@ -39,16 +39,18 @@ case "$PRESET" in
   smollm2)  # the real chat model (README: measured times); on a GPU the fastest decode path
     # DRAFT_FROM_TARGET=N: the draft starts as the target's embedding, first N blocks and head
     # (README, the real chat model); a trained model needs smaller steps than a random one. Its
-    # embedding (tied head) stays the target's (FREEZE_EMBEDDINGS=1), so the trained draft can be
-    # stored without it (checkpoints.save_model's embedding_from; drafts/smollm2/ is one).
+    # embedding (tied head) is trained too; FREEZE_EMBEDDINGS=1 keeps the target's, so that the
+    # draft can be stored without it (checkpoints.save_model's embedding_from; drafts/smollm2/ is
+    # one), at a lower tau (BENCHMARKS.md section 3).
     # DRAFT_FROM_TARGET=0: a draft from scratch, the preset $DRAFT.
     # The defaults are the combination with the best measured speed-up (BENCHMARKS.md section 3):
     # of the 2-, 3- and 4-block cuts, each distilled with lk_hybrid for 1,200 steps on the same
-    # answers, the 3-block one; 4 answers per prompt instead of 2 raised no tau beyond its interval.
+    # answers, the 3-block one; its embedding trained rather than frozen; 4 answers per prompt
+    # instead of 2 raised no tau beyond its interval.
     : "${DRAFT_FROM_TARGET:=3}"
     if [ "$DRAFT_FROM_TARGET" != 0 ]; then
       : "${LOSSES:=lk_hybrid}" "${DRAFT_STEPS:=300}" "${DRAFT_LR:=3e-4}" "${DISTILL_STEPS:=1200}"
-      : "${DISTILL_LR:=5e-4}" "${FREEZE_EMBEDDINGS:=1}"
+      : "${DISTILL_LR:=5e-4}" "${FREEZE_EMBEDDINGS:=0}"
     fi
     : "${DRAFT_STEPS:=2000}" "${DISTILL_STEPS:=500}" "${BATCH:=64}" "${MAX_LEN:=512}"
     : "${SETTINGS_PER_PROMPT:=2}" "${GEN_BATCH:=256}" "${MAX_NEW:=160}" "${DRAFT:=smollm2-draft-4l}"
