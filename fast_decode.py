@@ -269,9 +269,9 @@ class ReadLater:
     step before it reads this one. Why: a decoder reads every step's result (its tokens, to check
     for a stop token; a block's accepted count), and if it waits for the GPU before launching
     the next step, the GPU idles from the end of one step to the start of the next while the host
-    reads, decides and launches (at SmolLM2's size the launch of a recorded step alone is a good
-    part of a step: tools/profile_smollm2.py times both). Launched first, the next step is
-    queued before the GPU finishes this one.
+    reads, decides and launches (at SmolLM2's size the host's launch of a recorded step is not
+    negligible beside the step: tools/profile_smollm2.py times both). Launched first, the next
+    step is queued before the GPU finishes this one.
     The copy is queued on the GPU right after the step (into pinned host memory) and an event
     after it, so the read waits for this step only, not for the one launched after it; and the
     copy is taken before that next step runs, which overwrites a recorded step's outputs."""

@@ -563,9 +563,10 @@ class SpeculativeDecoder:
         blocks clearly pay, the check would only cost: the plain step, and the draft's catch-up
         after it. A block that must first catch the draft up (on the prompt, or after plain steps)
         runs only if what blocks are predicted to save over the tokens the answers so far say are
-        left pays for the catch-up (pays_for_catch_up, expected_tokens_left). Each choice (auto_choice) is made while the GPU runs the iteration before it, right after
-        its launch: made after the host's read of a result, it would leave the GPU idle while the
-        host computes the gains, which plain decoding does not pay. So a choice sees the counts
+        left pays for the catch-up (pays_for_catch_up, expected_tokens_left). Each choice
+        (auto_choice) is made while the GPU runs the iteration before it, right after its launch:
+        made after the host's read of a result, it would leave the GPU idle while the host
+        computes the gains, which plain decoding does not pay. So a choice sees the counts
         and costs without the iterations not read yet: one late, or two on a GPU, where the
         iteration before is read only after the next is launched (fast_decode.ReadLater); that
         moves no estimate much."""

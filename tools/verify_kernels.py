@@ -10,7 +10,8 @@ of KVCache.attention_mask that the code passed before, each with caches of a few
 (the attention kernels may pad the key length); last, the additive mask with each of
 scaled_dot_product_attention's backends allowed alone (torch.nn.attention.sdpa_kernel, the blocks
 compiled anew under it, since the compiled graph fixes the backend it traced), those that take
-these calls timed, with their verify logits' largest difference from the default backend's.
+these calls timed, with their verify logits' largest difference from the default backend's and
+the attention kernels the verify ran.
 Needs a CUDA GPU. Recorded in results/bench/verify_kernels.log.
 """
 import argparse
@@ -80,14 +81,17 @@ def compare_backends(calls) -> None:
     """The recorded step and verify with each SDPA backend allowed alone. Why: the verify's extra
     kernels (a memset and a copy per layer) come with cuDNN's kernel for more than one query; a
     backend whose 5-query kernel is its 1-query one might not need them. A backend that cannot
-    take a call (a mask, grouped-query heads) raises, and is reported with the reason."""
+    take a call (a mask, grouped-query heads) raises, and is reported with torch's error (its
+    warnings before it say why). For each backend that runs, the attention kernels the verify ran
+    are named: a restriction that did not reach the compiled graph shows as another backend's
+    kernels."""
     from contextlib import nullcontext
 
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     import fast_decode
-    from bench import cuda_time
+    from bench import cuda_time, kernel_counts
 
     reference = None
     for backend in (None, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
@@ -104,6 +108,9 @@ def compare_backends(calls) -> None:
                       f"({ms[5] / ms[1]:.2f}x); verify logits differ from the default's by at most "
                       f"{(logits - reference).abs().max().item():.3g}", flush=True)
                 print_kernels(call)
+                ran = sorted(name for name in kernel_counts(call[5])
+                             if any(part in name.lower() for part in ("sdpa", "attention", "fmha", "flash")))
+                print(f"  the verify's attention kernels: {', '.join(name[:100] for name in ran) or 'none by name'}")
         except RuntimeError as error:             # torch.compile quotes the backend's own error after "got "
             reason = str(error).split("got ", 1)[-1].strip().splitlines()[0]
             print(f"{label}: cannot take these calls ({reason[:200]})", flush=True)
